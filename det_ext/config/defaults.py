@@ -1,0 +1,33 @@
+# Copyright (c) det_ext authors.
+"""Config keys of det_ext. Each component family adds its node here, with a comment on every key."""
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_det_ext_config"]
+
+
+def _add_evaluation_config(cfg: CN) -> None:
+    # Edges of the training instance-count bins reported as AP1..AP4 by the LVIS-style evaluator
+    # (bin i is [edge_i, edge_{i+1}), the last one open). Default: SimCal's COCO-LT bins
+    # [1,20), [20,400), [400,8000), [8000,inf). LVIS-style bins: [0, 10, 100, 1000].
+    cfg.TEST.INSTANCE_COUNT_BINS = [1, 20, 400, 8000]
+    # Fixed-AP style cap on detections per category over the whole dataset (0: no cap). The
+    # per-image cap is TEST.DETECTIONS_PER_IMAGE, which the LVIS-style evaluator honours.
+    cfg.TEST.MAX_DETS_PER_CATEGORY = 0
+
+
+def _add_lt_shapes_config(cfg: CN) -> None:
+    cfg.LT_SHAPES = CN()
+    # Number of validation images drawn with predictions by tools/demo.py.
+    cfg.LT_SHAPES.NUM_VIS_IMAGES = 6
+
+
+def add_det_ext_config(cfg: CN) -> None:
+    """Adds all det_ext config keys to ``cfg`` in place (call before ``merge_from_file``).
+
+    Args:
+        cfg (CfgNode): a config from ``detectron2.config.get_cfg()``.
+    """
+    _add_evaluation_config(cfg)
+    _add_lt_shapes_config(cfg)

@@ -1,0 +1,2 @@
+# Copyright (c) det_ext authors.
+"""Small shared utilities (atomic file output, errors)."""
