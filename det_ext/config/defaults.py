@@ -17,6 +17,13 @@ def _add_evaluation_config(cfg: CN) -> None:
     cfg.TEST.MAX_DETS_PER_CATEGORY = 0
 
 
+def _add_engine_config(cfg: CN) -> None:
+    cfg.DET_EXT = CN()
+    # Trainer class run by tools/train_net.py, from det_ext.engine.TRAINER_REGISTRY
+    # ("DetExtTrainer": standard training; other stages register their own).
+    cfg.DET_EXT.TRAINER = "DetExtTrainer"
+
+
 def _add_lt_shapes_config(cfg: CN) -> None:
     cfg.LT_SHAPES = CN()
     # Number of validation images drawn with predictions by tools/demo.py.
@@ -29,5 +36,6 @@ def add_det_ext_config(cfg: CN) -> None:
     Args:
         cfg (CfgNode): a config from ``detectron2.config.get_cfg()``.
     """
+    _add_engine_config(cfg)
     _add_evaluation_config(cfg)
     _add_lt_shapes_config(cfg)

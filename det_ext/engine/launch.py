@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
@@ -14,22 +14,24 @@ from detectron2.utils import comm
 from det_ext.utils.errors import DetExtInputError
 
 from .setup import setup
-from .trainer import DetExtTrainer
+from .trainer import build_trainer_class
 
 __all__ = ["train_net_main", "run_cli", "launch_from_args"]
 
 
-def train_net_main(args: argparse.Namespace, trainer_cls: type = DetExtTrainer) -> Dict[str, Any]:
+def train_net_main(args: argparse.Namespace, trainer_cls: Optional[type] = None) -> Dict[str, Any]:
     """Trains (or, with ``--eval-only``, evaluates) the model described by ``args``.
 
     Args:
         args (argparse.Namespace): from ``detectron2.engine.default_argument_parser()``.
-        trainer_cls (type): the trainer class (a :class:`DetExtTrainer` subclass).
+        trainer_cls (type or None): the trainer class; by default the one named by
+            ``cfg.DET_EXT.TRAINER`` (see :data:`~det_ext.engine.trainer.TRAINER_REGISTRY`).
 
     Returns:
         dict: evaluation results (percent), empty when nothing was evaluated.
     """
     cfg = setup(args)
+    trainer_cls = trainer_cls or build_trainer_class(cfg)
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(

@@ -16,10 +16,18 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
+from detectron2.utils.registry import Registry
 
 from det_ext.utils.io import atomic_write_json
 
-__all__ = ["DetExtTrainer", "build_det_ext_evaluator", "save_metrics"]
+__all__ = ["DetExtTrainer", "TRAINER_REGISTRY", "build_trainer_class", "build_det_ext_evaluator",
+           "save_metrics"]
+
+TRAINER_REGISTRY = Registry("TRAINER")
+TRAINER_REGISTRY.__doc__ = """
+Trainer classes (``DefaultTrainer`` subclasses) selectable with ``cfg.DET_EXT.TRAINER``, so that
+``tools/train_net.py`` runs every det_ext training stage (e.g. SimCal calibration).
+"""
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +73,7 @@ def save_metrics(cfg: CfgNode, results: Dict[str, Any], path: Optional[str] = No
     return path
 
 
+@TRAINER_REGISTRY.register()
 class DetExtTrainer(DefaultTrainer):
     """``DefaultTrainer`` with det_ext's evaluators, atomic checkpoints and a ``metrics.json``.
 
@@ -116,3 +125,8 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             torch.save(data, f)
         os.replace(tmp, save_file)
         self.tag_last_checkpoint(os.path.basename(save_file))
+
+
+def build_trainer_class(cfg: CfgNode) -> type:
+    """The trainer class named by ``cfg.DET_EXT.TRAINER`` in :data:`TRAINER_REGISTRY`."""
+    return TRAINER_REGISTRY.get(cfg.DET_EXT.TRAINER)

@@ -1,0 +1,5 @@
+# Copyright (c) det_ext authors.
+"""Model components registered in Detectron2's registries (ROI heads, box predictors, ...).
+
+Each component family is a subpackage imported here for its registration side effects.
+"""
