@@ -149,3 +149,14 @@ def test_instance_plan_long_tail_and_bad_parameters():
         LTShapesSpec(image_size=8)
     with pytest.raises(ValueError, match="num_twins"):
         LTShapesSpec(num_categories=10, num_twins=5)
+
+
+def test_killed_generation_leaves_nothing_and_is_cleaned(tmp_path):
+    from det_ext.data.lt_shapes import lt_shapes_dir
+
+    folder = lt_shapes_dir(TINY_SPEC, str(tmp_path))
+    stale = f"{folder}.tmp-999999999"  # a dead process's half-written world
+    os.makedirs(os.path.join(stale, "images"))
+    assert generate_lt_shapes(TINY_SPEC, str(tmp_path)) == folder
+    assert not os.path.exists(stale)
+    assert sorted(os.listdir(os.path.dirname(folder))) == [os.path.basename(folder)]

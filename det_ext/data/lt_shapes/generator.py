@@ -167,6 +167,20 @@ def _category_records(spec: LTShapesSpec, train: Dict[str, Any]) -> List[Dict[st
     return records
 
 
+def _remove_stale_temporaries(out_dir: str) -> None:
+    """Deletes temporary folders left by generations that were killed (their process is gone)."""
+    parent, base = os.path.split(out_dir)
+    if not os.path.isdir(parent):
+        return
+    for name in os.listdir(parent):
+        if not name.startswith(f"{base}.tmp-"):
+            continue
+        pid = name.rsplit("-", 1)[-1]
+        alive = pid.isdigit() and os.path.exists(f"/proc/{pid}")
+        if not alive or int(pid) == os.getpid():
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
 def generate_lt_shapes(spec: LTShapesSpec, root: str) -> str:
     """Generates the world described by ``spec`` under ``root`` unless it is already there.
 
@@ -192,6 +206,7 @@ def generate_lt_shapes(spec: LTShapesSpec, root: str) -> str:
             raise RuntimeError(f"{spec_file}: cached LT-Shapes parameters differ from the requested "
                                f"ones; delete {out_dir} to regenerate")
         return out_dir
+    _remove_stale_temporaries(out_dir)
     tmp = f"{out_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
