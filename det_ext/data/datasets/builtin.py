@@ -54,6 +54,7 @@ def prepare_datasets(names: Iterable[str]) -> None:
     """
     for name in names:
         maybe_register_lt_shapes_name(name)
+        __import__("det_ext.data.noisy_datasets", fromlist=["_"]).maybe_register_noisy_name(name)
         if name not in DatasetCatalog.list():
             raise DatasetFormatError(f"dataset '{name}' is not registered (see datasets/README.md)")
         meta = MetadataCatalog.get(name)
