@@ -5,6 +5,7 @@ from __future__ import annotations
 from detectron2.config import CfgNode as CN
 
 from .noisy import add_noisy_config
+from .pseudo import add_pseudo_config
 
 __all__ = ["add_det_ext_config"]
 
@@ -42,3 +43,4 @@ def add_det_ext_config(cfg: CN) -> None:
     _add_evaluation_config(cfg)
     _add_lt_shapes_config(cfg)
     add_noisy_config(cfg)
+    add_pseudo_config(cfg)
