@@ -39,7 +39,7 @@ def preprocess_images(images: Sequence[np.ndarray], size: int, mean=CLIP_MEAN, s
     for img in images:
         if img.shape[0] != size or img.shape[1] != size:
             img = np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
-        out.append(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
+        out.append(torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1))
     x = torch.stack(out).float().div_(255.0)
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
