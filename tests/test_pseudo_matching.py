@@ -113,3 +113,38 @@ def test_select_boxes_hand_computed():
     assert select_boxes(act, np.array([[0, 0, 1, 1, 1.0]]), 0.5) == []  # no activation inside
     assert select_boxes(act, np.zeros((0, 5)), 0.5) == []
     assert select_boxes(np.zeros((10, 10)), props, 0.5) == []
+
+
+def test_quality_hand_computed():
+    from det_ext.pseudo.quality import evaluate_pseudo_boxes
+
+    gt = {"categories": [{"id": 1, "frequency": "f"}, {"id": 2, "frequency": "r"}],
+          "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
+                          {"image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10]},
+                          {"image_id": 1, "category_id": 2, "bbox": [50, 50, 10, 10]},
+                          {"image_id": 2, "category_id": 2, "bbox": [0, 0, 4, 4]}]}
+    pseudo = {"images": [{"id": 1}],
+              "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 5], "pseudo_score": .9},
+                              {"image_id": 1, "category_id": 1, "bbox": [1, 0, 10, 10], "pseudo_score": .5},
+                              {"image_id": 1, "category_id": 2, "bbox": [20, 20, 10, 10], "pseudo_score": .5}]}
+    r = evaluate_pseudo_boxes(pseudo, gt)
+    # box 1: IoU 0.5 with GT 1 -> TP; box 2: GT 1 taken, IoU 0 with GT 2 -> FP; box 3: wrong place
+    assert r["num_true_positive"] == 1 and r["num_pseudo"] == 3 and r["num_gt"] == 3
+    assert r["precision_iou50"] == pytest.approx(1 / 3) and r["recall_iou50"] == pytest.approx(1 / 3)
+    assert r["mean_iou"] == pytest.approx(0.5)
+    assert r["mean_best_iou"] == pytest.approx((0.5 + 90 / 110 + 0) / 3)
+    assert r["by_group"]["r"]["precision_iou50"] == 0 and r["by_group"]["f"]["recall_iou50"] == 0.5
+
+
+def test_draw_pseudo_box():
+    from det_ext.pseudo.visualize import draw_pseudo_box
+
+    img = np.zeros((8, 10, 3), np.uint8)
+    act = np.zeros((8, 10))
+    act[2:4, 2:5] = 1.0
+    out = draw_pseudo_box(img, act, [[2, 2, 3, 2]], [[0, 0, 5, 5]], "red circle", scale=4)
+    assert out.shape == (16 + 32, 40, 3)
+    canvas = out[16:]
+    assert tuple(canvas[8, 12]) == (40, 255, 40)  # green pseudo box corner at (2, 2) * 4
+    assert tuple(canvas[0, 10]) == (255, 40, 40)  # red ground-truth edge on the top row
+    assert canvas[30, 30].sum() > 0  # heatmap overlay (JET of 0 is dark blue, not black)

@@ -56,10 +56,8 @@ class PseudoBoxGenerator:
         self.alpha, self.map_threshold = alpha, map_threshold
         self.max_count, self.min_score = max(1, max_count), min_score
 
-    def process(self, records: Sequence[ImageRecord]) -> List[Dict[str, Any]]:
-        """Results of one batch, one dict per record: ``image_id``, ``file_name``, ``height``,
-        ``width``, ``boxes`` ([{category_id, bbox XYWH, pseudo_score}]), ``skipped`` (reason ->
-        count) and ``ok`` (False when the image could not be read)."""
+    def _collect(self, records: Sequence[ImageRecord]):
+        """Reads images, matches captions and computes every mention's map (one backend call)."""
         results, images, pairs = [], {}, []
         for rec in records:
             res = {"image_id": rec.image_id, "file_name": rec.file_name, "boxes": [],
@@ -94,6 +92,25 @@ class PseudoBoxGenerator:
                     key = (image_id, m.category_id)
                     maps_by_key[key].append(cam.numpy())
                     counts[key] = max(counts[key], min(m.count, self.max_count))
+        return results, images, maps_by_key, counts
+
+    def activations(self, records: Sequence[ImageRecord]) -> Dict[Tuple[int, int], Optional[np.ndarray]]:
+        """The normalised, thresholded activation [H, W] of every (image id, category id) mentioned
+        (None for a flat map), as used for box selection."""
+        results, _, maps_by_key, _ = self._collect(records)
+        size = {r["image_id"]: (r["height"], r["width"]) for r in results if r["ok"]}
+        out = {}
+        for (image_id, cat_id), maps in sorted(maps_by_key.items()):
+            merged = merge_maps(maps)
+            out[(image_id, cat_id)] = None if merged is None else normalize_map(
+                merged, *size[image_id], self.map_threshold)
+        return out
+
+    def process(self, records: Sequence[ImageRecord]) -> List[Dict[str, Any]]:
+        """Results of one batch, one dict per record: ``image_id``, ``file_name``, ``height``,
+        ``width``, ``boxes`` ([{category_id, bbox XYWH, pseudo_score}]), ``skipped`` (reason ->
+        count) and ``ok`` (False when the image could not be read)."""
+        results, images, maps_by_key, counts = self._collect(records)
         ids = [r["image_id"] for r in results if r["ok"]]
         props = dict(zip(ids, self.proposals(ids, [images[i] for i in ids]))) if ids else {}
         by_id = {r["image_id"]: r for r in results}

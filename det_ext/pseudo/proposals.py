@@ -23,7 +23,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from det_ext.utils.errors import ConfigInputError, DatasetFormatError
 from det_ext.utils.io import atomic_write_json
 
-__all__ = ["ProposalSource", "ModelProposals", "PrecomputedProposals", "build_proposal_source",
+__all__ = ["ProposalSource", "NoProposals", "ModelProposals", "PrecomputedProposals", "build_proposal_source",
            "dump_proposals"]
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,13 @@ class ProposalSource:
 
     def __call__(self, image_ids: Sequence[int], images: Sequence[np.ndarray]) -> List[np.ndarray]:
         raise NotImplementedError
+
+
+class NoProposals(ProposalSource):
+    """No proposals at all (for computing activation maps only)."""
+
+    def __call__(self, image_ids, images):
+        return [np.zeros((0, 5), np.float32) for _ in image_ids]
 
 
 class PrecomputedProposals(ProposalSource):
