@@ -173,34 +173,42 @@ def correct_boxes_step1(roi_heads: nn.Module, features: Dict[str, torch.Tensor],
         order = torch.cat([torch.nonzero(batch_index == i, as_tuple=True)[0]
                            for i in range(len(per_image))])
         levels[order] = lv
-    (head1, pred1), (head2, pred2) = roi_heads.heads()
     for _ in range(params.steps):
-        b = boxes.clone().requires_grad_(True)
-        x = bilinear_box_pool(feats, b, batch_index, levels, scales, pooler.output_size[0],
-                              params.sampling_ratio)
-        p1 = torch.softmax(pred1(head1(x))[0], dim=1)
-        p2 = torch.softmax(pred2(head2(x))[0], dim=1)
-        loss = discrepancy(p1, p2, params.discrepancy)
-        if params.objectness == "heads":
-            loss = loss - params.objectness_weight * (1.0 - 0.5 * (p1[:, -1] + p2[:, -1]))
-        elif params.objectness == "rpn":
-            if rpn is None:
-                raise ValueError("NOISY.BOX_CORRECTION.OBJECTNESS 'rpn' needs the RPN")
-            loss = loss - params.objectness_weight * rpn_box_objectness(rpn, features, b,
-                                                                        batch_index)
-        (grad,) = torch.autograd.grad(loss.sum(), b)
-        wh = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1).clamp_min(1.0)
-        size = wh.repeat(1, 2)  # (w, h, w, h)
-        g = grad * size if params.scale_by_size else grad  # d L / d (relative coordinate)
-        if params.normalize_grad:
-            g = g / g.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
-        if params.scale_by_size:
-            step = (-params.step_size * g).clamp(-params.max_step, params.max_step) * size
-        else:
-            limit = params.max_step * size
-            step = torch.maximum(torch.minimum(-params.step_size * g, limit), -limit)
-        boxes = _clip(boxes + step, image_sizes)
+        boxes = _gradient_step(boxes, feats, batch_index, levels, scales, pooler.output_size[0],
+                               image_sizes, roi_heads.heads(), params, rpn, features)
     return boxes.detach()
+
+
+@torch.enable_grad()
+def _gradient_step(boxes, feats, batch_index, levels, scales, output_size, image_sizes, heads,
+                   params: CorrectionParams, rpn, features) -> torch.Tensor:
+    """One step ``b <- b - alpha * dL/db`` (see :func:`correct_boxes_step1`)."""
+    (head1, pred1), (head2, pred2) = heads
+    b = boxes.clone().requires_grad_(True)
+    x = bilinear_box_pool(feats, b, batch_index, levels, scales, output_size,
+                          params.sampling_ratio)
+    p1 = torch.softmax(pred1(head1(x))[0], dim=1)
+    p2 = torch.softmax(pred2(head2(x))[0], dim=1)
+    loss = discrepancy(p1, p2, params.discrepancy)
+    if params.objectness == "heads":
+        loss = loss - params.objectness_weight * (1.0 - 0.5 * (p1[:, -1] + p2[:, -1]))
+    elif params.objectness == "rpn":
+        if rpn is None:
+            raise ValueError("NOISY.BOX_CORRECTION.OBJECTNESS 'rpn' needs the RPN")
+        loss = loss - params.objectness_weight * rpn_box_objectness(rpn, features, b,
+                                                                    batch_index)
+    (grad,) = torch.autograd.grad(loss.sum(), b)
+    wh = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1).clamp_min(1.0)
+    size = wh.repeat(1, 2)  # (w, h, w, h)
+    g = grad * size if params.scale_by_size else grad  # d L / d (relative coordinate)
+    if params.normalize_grad:
+        g = g / g.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
+    if params.scale_by_size:
+        step = (-params.step_size * g).clamp(-params.max_step, params.max_step) * size
+    else:
+        limit = params.max_step * size
+        step = torch.maximum(torch.minimum(-params.step_size * g, limit), -limit)
+    return _clip(boxes + step, image_sizes).detach()
 
 
 @torch.no_grad()

@@ -17,7 +17,8 @@ __all__ = ["NoisyDatasetMapper", "NoisyTrainer"]
 
 class NoisyDatasetMapper(DatasetMapper):
     """``DatasetMapper`` that also transforms each annotation's ``clean_bbox`` (XYWH) and puts
-    the clean boxes and labels into ``instances.gt_clean_boxes`` / ``gt_clean_classes``.
+    the clean boxes and labels into ``instances.gt_clean_boxes`` / ``gt_clean_classes`` (and the
+    annotation ids into ``gt_ann_ids``).
 
     The clean annotations are used only to score the correction (logged metrics), never for
     training. They are attached only when every annotation has them and no instance was dropped.
@@ -35,8 +36,11 @@ class NoisyDatasetMapper(DatasetMapper):
             h, w = image_shape
             clean = np.clip(clean, 0, [w, h, w, h])
             labels = [int(a["clean_category_id"]) for a in annos]
+        ids = [a.get("id") for a in annos]
         super()._transform_annotations(dataset_dict, transforms, image_shape)
         inst = dataset_dict["instances"]
+        if annos and None not in ids and len(inst) == len(ids):
+            inst.gt_ann_ids = torch.as_tensor(ids, dtype=torch.int64)
         if has_clean and len(inst) == len(labels):
             inst.gt_clean_boxes = Boxes(torch.as_tensor(clean, dtype=torch.float32))
             inst.gt_clean_classes = torch.as_tensor(labels, dtype=torch.int64)
