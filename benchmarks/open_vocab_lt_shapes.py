@@ -30,6 +30,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from typing import Any, Dict, List, Optional
@@ -78,12 +79,34 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--num-threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-vis", type=int, default=6, help="images in the PNG")
+    p.add_argument("--num-train-images", type=int, default=0,
+                   help="reduced world for smoke runs (0: the default world's 2500)")
+    p.add_argument("--num-val-images", type=int, default=0,
+                   help="reduced world for smoke runs (0: the default world's 400)")
+    p.add_argument("--tiny-vl-iters", type=int, default=0,
+                   help="iterations when the tiny VL model is trained here (0: its default)")
     return p.parse_args(argv)
 
 
-def world_names(seed: int) -> Dict[str, str]:
+def world_names(args: argparse.Namespace) -> Dict[str, str]:
+    """The OV split of the benchmark's LT-Shapes world (the default size unless reduced)."""
+    seed = args.seed
+    if args.num_train_images or args.num_val_images:
+        spec = LTShapesSpec(seed=seed, num_train_images=args.num_train_images or 2500,
+                            num_val_images=args.num_val_images or 400)
+        prefix = f"lt_shapes_seed{seed}_n{spec.num_train_images}_{spec.num_val_images}"
+        return register_lt_shapes_ov(spec, prefix=prefix)
     prefix = "lt_shapes" if seed == 0 else f"lt_shapes_seed{seed}"
     return register_lt_shapes_ov(LTShapesSpec(seed=seed), prefix=prefix)
+
+
+def _frozen_copy(path: str, work: str) -> str:
+    """A copy of the checkpoint in the work dir, so that a resumed run uses the same model."""
+    dst = os.path.join(work, "tiny_vl_used.pth")
+    if not os.path.isfile(dst):
+        shutil.copyfile(path, dst + ".tmp")
+        os.replace(dst + ".tmp", dst)
+    return dst
 
 
 def ensure_tiny_vl(args: argparse.Namespace, train_name: str, work: str) -> str:
@@ -91,18 +114,22 @@ def ensure_tiny_vl(args: argparse.Namespace, train_name: str, work: str) -> str:
     if args.tiny_vl:
         if not os.path.isfile(args.tiny_vl):
             raise ConfigInputError(f"--tiny-vl: checkpoint not found: {args.tiny_vl}")
-        return args.tiny_vl
+        return _frozen_copy(args.tiny_vl, work)
     default = os.path.join(REPO, "output", "pseudo_tiny_vl", "tiny_albef.pth")
-    if args.seed == 0 and os.path.isfile(default):
-        return default
+    if args.seed == 0 and not args.num_train_images and os.path.isfile(default):
+        return _frozen_copy(default, work)
     from det_ext.pseudo.tiny_vl import TinyVLOptions, train_tiny_vl
 
     out = os.path.join(work, "tiny_vl")
     meta = MetadataCatalog.get(train_name)
     DatasetCatalog.get(train_name)  # generates the world
     logger.info("Training the tiny VL model for %s into %s", train_name, out)
+    opts = TinyVLOptions(num_threads=args.num_threads)
+    if args.tiny_vl_iters:
+        opts.max_iter = args.tiny_vl_iters
+        opts.warmup = min(opts.warmup, max(1, args.tiny_vl_iters // 10))
     res = train_tiny_vl(meta.captions_file, meta.image_root, meta.vocab_file, out,
-                        TinyVLOptions(num_threads=args.num_threads), dataset_json=meta.json_file)
+                        opts, dataset_json=meta.json_file)
     return res if isinstance(res, str) and os.path.isfile(res) else os.path.join(out,
                                                                                  "tiny_albef.pth")
 
@@ -122,7 +149,8 @@ def build_embeddings(tiny_vl: str, names: Dict[str, str], work: str, device: str
 
 def stage_opts(args, out_dir: str, train: str, test: str, emb: Dict[str, str], tiny_vl: str,
                num_classes: int, train_emb: str, iters: int, extra: List[str]) -> List[str]:
-    steps = f"({int(iters * 0.75)}, {int(iters * 0.92)})"
+    s1, s2 = int(iters * 0.75), int(iters * 0.92)
+    steps = f"({s1}, {s2})" if 0 < s1 < s2 < iters else "()"
     return ["DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{test}',)",
             "MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes), "MODEL.DEVICE", args.device,
             "OPEN_VOCAB.TRAIN_EMBEDDINGS", train_emb, "OPEN_VOCAB.TEST_EMBEDDINGS", emb["all"],
@@ -237,7 +265,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     work = os.path.abspath(args.work_dir or os.path.join("output", "open_vocab",
                                                          f"bench_seed{args.seed}"))
     os.makedirs(work, exist_ok=True)
-    names = world_names(args.seed)
+    names = world_names(args)
     DatasetCatalog.get(names["val"])  # generates the world if needed
     timings: Dict[str, float] = {}
     tiny_vl = ensure_tiny_vl(args, names["train"], work)

@@ -108,3 +108,34 @@ def test_write_ov_split_json(tmp_path):
     assert len(data["images"]) == 2
     with pytest.raises(DatasetFormatError, match="'zebra'"):
         write_ov_split_json(str(src), str(tmp_path / "x.json"), ["zebra"])
+
+
+@pytest.mark.parametrize("path", [
+    "configs/LT-Shapes/ov_base_only_R18_FPN_tiny.yaml",
+    "configs/LT-Shapes/ov_pseudo_only_R18_FPN_tiny.yaml",
+    "configs/LT-Shapes/ov_pseudo_then_base_R18_FPN_tiny.yaml",
+    "configs/COCO-OV/pretrain_pseudo_R50_FPN.yaml",
+    "configs/COCO-OV/finetune_base_R50_FPN.yaml",
+    "configs/COCO-OV/base_only_R50_FPN.yaml",
+    "configs/LVIS-OV/base_only_R50_FPN_1x.yaml",
+    "configs/LVIS-OV/pseudo_then_base_R50_FPN_1x.yaml",
+])
+def test_recipe_configs_are_consistent(path):
+    import os
+
+    from detectron2.config import get_cfg
+
+    from det_ext.config import add_det_ext_config
+
+    cfg = get_cfg()
+    add_det_ext_config(cfg)
+    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", path))
+    assert cfg.MODEL.ROI_HEADS.NAME == "OpenVocabROIHeads"
+    assert cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG and cfg.DET_EXT.TRAINER == "OpenVocabTrainer"
+    train, test = cfg.DATASETS.TRAIN[0], cfg.DATASETS.TEST[0]
+    assert train in DatasetCatalog.list() and test in DatasetCatalog.list()
+    if train.startswith("lt_shapes_ov_base"):
+        assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == len(MetadataCatalog.get(train).thing_classes)
+    expected = {"coco_ov_base_train": 48, "lvis_v1_ov_base_train": 866}
+    if train in expected:
+        assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == expected[train]

@@ -265,3 +265,77 @@ def test_train_on_pseudo_boxes_then_generalized_eval(ov_world, tmp_path):
     metrics = json.load(open(tmp_path / "ft" / "metrics.json"))
     assert "novel_AP50" in metrics["bbox"]
     assert np.isfinite(bbox["all_AP50"])
+
+
+def _tiny_vl_checkpoint(path, embed_dim):
+    from det_ext.pseudo.albef import AlbefConfig
+    from det_ext.pseudo.testing import random_albef_checkpoint
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "picture", "of", "an", "image",
+             "showing"] + sorted({w for n in TINY_NAMES for w in n.split()})
+    cfg = AlbefConfig(image_size=32, patch_size=16, vision_width=16, vision_depth=1,
+                      vision_heads=2, vocab_size=len(words), hidden_size=16, num_layers=2,
+                      num_heads=2, intermediate_size=32, fusion_layer=1, max_position=16,
+                      embed_dim=embed_dim)
+    return random_albef_checkpoint(str(path), cfg, vocab=words)
+
+
+def test_tiny_vl_text_encoder(tmp_path):
+    from det_ext.modeling.open_vocab import build_text_encoder
+    from det_ext.pseudo import WordPieceTokenizer
+
+    model = _tiny_vl_checkpoint(tmp_path / "vl.pth", DIM)
+    enc = build_text_encoder("tiny_vl", str(tmp_path / "vl.pth"))
+    assert enc.dim == DIM
+    words = torch.load(tmp_path / "vl.pth", weights_only=False)["config"]["tokenizer_vocab"]
+    ids, mask = WordPieceTokenizer(words).encode(["a red circle"], 16)
+    with torch.no_grad():
+        ref = model.text_proj(model.text_encoder(ids, mask, mode="text")[:, 0])
+    torch.testing.assert_close(enc.encode(["A red circle."]), ref)
+
+
+def test_predict_cli_with_custom_vocabulary(ov_world, tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    _tiny_vl_checkpoint(tmp_path / "vl.pth", DIM)
+    cfg = build_config(BASE_CFG, _ov_opts(ov_world, tmp_path, extra=(
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(cfg.dump())
+    image = DatasetCatalog.get(ov_world["val"])[0]["file_name"]
+    spec = importlib.util.spec_from_file_location(
+        "predict_tool", os.path.join(os.path.dirname(__file__), "..", "tools", "predict.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    vocab = f"{TINY_NAMES[3]}, {TINY_NAMES[0]}"
+    args = tool.parse_args([
+        "--config-file", str(cfg_file), "--input", image, "--output", str(tmp_path / "out.png"),
+        "--vocabulary", vocab, "--score-thresh", "0", "--json", str(tmp_path / "out.json"),
+        "MODEL.WEIGHTS", str(tmp_path / "model.pth"), "OPEN_VOCAB.TEXT_ENCODER.NAME", "tiny_vl",
+        "OPEN_VOCAB.TEXT_ENCODER.WEIGHTS", str(tmp_path / "vl.pth"),
+        "OPEN_VOCAB.TEXT_ENCODER.CACHE_DIR", str(tmp_path / "cache")])
+    tool.main(args)
+    out = json.load(open(tmp_path / "out.json"))
+    assert out["vocabulary"] == [TINY_NAMES[3], TINY_NAMES[0]]
+    assert out["detections"] and {d["class_name"] for d in out["detections"]} <= set(
+        out["vocabulary"])
+    assert all(d["class_id"] in (0, 1) for d in out["detections"])
+    assert (tmp_path / "out.png").stat().st_size > 0 and os.listdir(tmp_path / "cache")
+    # a text encoder of another size is one clear error line, exit status 2
+    _tiny_vl_checkpoint(tmp_path / "vl8.pth", 8)
+    repo = os.path.join(os.path.dirname(__file__), "..")
+    res = subprocess.run(
+        [sys.executable, os.path.join(repo, "tools", "predict.py"), "--config-file",
+         str(cfg_file), "--input", image, "--output", str(tmp_path / "o2.png"), "--vocabulary",
+         vocab, "MODEL.WEIGHTS", str(tmp_path / "model.pth"), "OPEN_VOCAB.TEXT_ENCODER.WEIGHTS",
+         str(tmp_path / "vl8.pth")], capture_output=True, text=True, cwd=repo)
+    assert res.returncode == 2
+    assert "text encoder output size 8 does not match the model's embedding dimension 16" in \
+        res.stderr.strip().splitlines()[-1]

@@ -14,7 +14,8 @@ Registered names:
   ``lt_shapes_ov_val`` (all 30 categories, novel = :data:`LT_SHAPES_NOVEL`);
   ``<prefix>_ov_base_train`` / ``<prefix>_ov_val`` for other worlds via :func:`register_lt_shapes_ov`.
 - COCO (48 base / 17 novel, :data:`COCO_OV_BASE` / :data:`COCO_OV_NOVEL`): ``coco_ov_base_train``
-  and ``coco_ov_val`` (65 categories) from files written by :func:`write_ov_split_json`.
+  and ``coco_ov_val`` (65 categories) from files written by :func:`write_ov_split_json`, and
+  ``coco_ov_pseudo_train`` (``<root>/coco_ov/pseudo_boxes_train2017.json``).
 - ``lt_shapes_ov_pseudo_train``: pseudo boxes of the default world's training images
   (``$DET_EXT_LT_SHAPES_OV_PSEUDO_JSON`` or ``<root>/lt_shapes_ov/pseudo_boxes_train.json``).
 - LVIS v1 (rare = novel): ``lvis_v1_ov_base_train`` (866 common + frequent categories) and
@@ -203,7 +204,11 @@ def register_coco_ov(root: Optional[str] = None) -> Dict[str, str]:
                          os.path.join(root, "coco/train2017"), (), "coco")
     _register_file_split("coco_ov_val", os.path.join(folder, "instances_val2017_generalized.json"),
                          os.path.join(root, "coco/val2017"), COCO_OV_NOVEL, "coco")
-    return {"base_train": "coco_ov_base_train", "val": "coco_ov_val"}
+    register_pseudo_box_dataset("coco_ov_pseudo_train",
+                                os.path.join(folder, "pseudo_boxes_train2017.json"),
+                                os.path.join(root, "coco/train2017"))
+    return {"base_train": "coco_ov_base_train", "val": "coco_ov_val",
+            "pseudo_train": "coco_ov_pseudo_train"}
 
 
 def register_lvis_ov(root: Optional[str] = None) -> Dict[str, str]:
