@@ -70,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--correction-warmup", type=int, default=160,
                    help="NOISY.WARMUP_ITERS of the dual-head variants")
     p.add_argument("--timing-iters", type=int, default=12)
+    p.add_argument("--num-threads", type=int, default=0,
+                   help="torch intra-op threads (0: torch's default); 1 avoids the large slowdowns "
+                   "of multi-threaded ops on an oversubscribed CPU")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for the dual-head "
                    "variants (NOISY.* KEY VALUE ...)")
     return p.parse_args(argv)
@@ -201,6 +204,8 @@ def draw_boxes_png(corrected: Dict[str, Any], image_root: str, path: str, n: int
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     setup_logger(name="det_ext")
     setup_logger()
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
     names = world(args)
     work = args.work_dir
     results: Dict[str, Any] = {}
@@ -216,7 +221,8 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
             cfgs[variant] = build_config(os.path.join(CFG_DIR, CONFIGS[variant]), opts)
         dual_only = common_opts(args, train, names["val"], os.path.join(work, "timing"))
         cfgs["dual_head_no_correction"] = build_config(
-            os.path.join(CFG_DIR, CONFIGS["full"]), dual_only + ["NOISY.WARMUP_ITERS", "1000000000"])
+            os.path.join(CFG_DIR, CONFIGS["full"]),
+            dual_only + ["NOISY.WARMUP_ITERS", "1000000000"])
         atomic_write_json(timing_file, measure_iteration_ratio(cfgs, args.timing_iters), indent=2)
     with open(timing_file) as f:
         details["timing"] = json.load(f)

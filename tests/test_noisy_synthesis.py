@@ -191,3 +191,44 @@ def test_cli_writes_noisy_json_and_rejects_bad_rate(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: noise label_rate must be in")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_noisy_copy_of_a_dataset_without_json(tmp_path):
+    """Datasets registered by a loader only (e.g. Detectron2's PASCAL VOC) are converted first."""
+    from detectron2.structures import BoxMode
+
+    img = tmp_path / "a.png"
+    img.write_bytes(b"")
+    dicts = [{"file_name": str(img), "height": 100, "width": 120, "image_id": "2007_000001",
+              "annotations": [{"bbox": [10.0, 20.0, 50.0, 70.0], "bbox_mode": BoxMode.XYXY_ABS,
+                               "category_id": c} for c in (0, 1, 2, 0)]}]
+    DatasetCatalog.register("toy_voc_like_train", lambda: dicts)
+    MetadataCatalog.get("toy_voc_like_train").set(thing_classes=["a", "b", "c"],
+                                                  evaluator_type="pascal_voc")
+    name = register_noisy_dataset("toy_voc_like_train", 0.5, 0.2, seed=1, root=str(tmp_path))
+    out = DatasetCatalog.get(name)
+    anns = out[0]["annotations"]
+    assert len(anns) == 4 and out[0]["file_name"] == str(img)
+    assert sum(a["category_id"] != a["clean_category_id"] for a in anns) == 2
+    assert all(a["clean_bbox"] == [10.0, 20.0, 40.0, 50.0] for a in anns)
+    assert MetadataCatalog.get(name).thing_classes == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("path", sorted(
+    os.path.join(d, f)
+    for d in ("configs/LT-Shapes", "configs/PascalVOC-Noisy", "configs/COCO-Noisy")
+    if os.path.isdir(os.path.join(REPO, d)) for f in os.listdir(os.path.join(REPO, d))
+    if f.endswith(".yaml") and (f.startswith("noisy_") or "Noisy" in d)))
+def test_noisy_configs_parse(path):
+    from detectron2.config import get_cfg
+
+    from det_ext.config import add_det_ext_config
+
+    cfg = get_cfg()
+    add_det_ext_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, path))
+    assert cfg.MODEL.MASK_ON is False and cfg.DET_EXT.TRAINER == "NoisyTrainer"
+    assert all("_noisy_l" in n for n in cfg.DATASETS.TRAIN) or "clean" in path
+    if "dual_head" in path or "box_correction" in path:
+        assert cfg.MODEL.ROI_HEADS.NAME == "DualHeadROIHeads"
+        assert cfg.MODEL.META_ARCHITECTURE == "NoisyGeneralizedRCNN"

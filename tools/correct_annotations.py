@@ -2,7 +2,8 @@
 # Copyright (c) det_ext authors.
 """Clean a noisy dataset with a trained dual-head model: write the corrected JSON and a report.
 
-    python tools/correct_annotations.py --config-file configs/LT-Shapes/noisy_dual_head_R18_FPN_tiny.yaml \
+    python tools/correct_annotations.py \
+        --config-file configs/LT-Shapes/noisy_dual_head_R18_FPN_tiny.yaml \
         --weights output/lt_shapes_noisy_l40_b40_dual_head/model_final.pth \
         --dataset lt_shapes_train_noisy_l40_b40 --output cleaned.json [KEY VALUE ...]
 

@@ -53,7 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     stats = run_cli(run, args)
     print(f"wrote {args.output}: {stats['num_annotations']} annotations, realised label noise "
-          f"{stats['realised_label_rate']:.3f}, mean IoU with the clean boxes {stats['mean_iou']:.3f}")
+          f"{stats['realised_label_rate']:.3f}, mean IoU with the clean boxes "
+          f"{stats['mean_iou']:.3f}")
 
 
 if __name__ == "__main__":

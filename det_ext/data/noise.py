@@ -1,8 +1,8 @@
 # Copyright (c) det_ext authors.
 """Synthetic label and box noise for COCO/LVIS-format detection datasets.
 
-Box noise follows the paper's formula (verified through a secondary source): every coordinate of every
-box is shifted independently, ``x1' = x1 + u``, ``u ~ U(-Nb*w, +Nb*w)`` (``x2`` likewise) and
+Box noise follows the paper's formula (verified through a secondary source): every coordinate of
+every box is shifted independently, ``x1' = x1 + u``, ``u ~ U(-Nb*w, +Nb*w)`` (``x2`` likewise) and
 ``y1' = y1 + v``, ``v ~ U(-Nb*h, +Nb*h)`` (``y2`` likewise; scaling y by the height is the natural
 reading, an option allows the width). Label noise relabels a fraction ``Nl`` of the boxes to another
 category: uniformly to a different class (symmetric), to the next class (pair flip) or by a

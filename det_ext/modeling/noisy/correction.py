@@ -4,8 +4,9 @@
 Step 1, class-agnostic box correction: each annotated box b takes gradient steps on its coordinates
 that minimise ``L(b) = D(p1(b), p2(b)) - lambda * o(b)``, D the discrepancy of the two heads' class
 distributions at b and o(b) a region objectness. Only the boxes receive gradients (features and
-heads are not updated by this step). Step 2: the soft label ``y* = sharpen(mean(p1, p2[, onehot]), T)``
-(foreground-renormalised distributions at the corrected box) and the class-specific refinement
+heads are not updated by this step). Step 2: the soft label
+``y* = sharpen(mean(p1, p2[, onehot]), T)`` (foreground-renormalised distributions at the
+corrected box) and the class-specific refinement
 ``b** = apply_deltas(b*, sum_c y*_c (delta1_c + delta2_c) / 2)``.
 """
 from __future__ import annotations

@@ -29,8 +29,9 @@ __all__ = ["DualHeadROIHeads", "SoftLabelFastRCNNOutputLayers"]
 
 class SoftLabelFastRCNNOutputLayers(FastRCNNOutputLayers):
     """``FastRCNNOutputLayers`` whose classification loss uses soft targets when the proposals
-    carry ``gt_soft_classes`` (N, K): a foreground proposal's target is its matched box's soft label,
-    a background proposal's is one-hot background. Box regression uses ``gt_classes``."""
+    carry ``gt_soft_classes`` (N, K): a foreground proposal's target is its matched box's soft
+    label, a background proposal's is one-hot background. Box regression uses ``gt_classes``.
+    """
 
     log_prefix = "fast_rcnn"
 
