@@ -6,7 +6,7 @@ ICCL has no public code, so every ICCL default is an assumption (docs/backbones.
 """
 from __future__ import annotations
 
-from detectron2.config import CfgNode as CN
+from fvcore.common.config import CfgNode as CN
 
 __all__ = ["add_pretrain_config", "get_pretrain_cfg"]
 

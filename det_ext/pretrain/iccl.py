@@ -42,7 +42,7 @@ def interpolate(x_a: torch.Tensor, x_b: torch.Tensor, lam: torch.Tensor, mode: s
         (Tensor, Tensor): mixed images [N, 3, H, W] and the effective lam [N].
     """
     if mode == "mixup":
-        w = lam.to(x_a.dtype)[:, None, None, None]
+        w = lam.to(x_a.dtype).view(-1, *([1] * (x_a.dim() - 1)))
         return w * x_a + (1.0 - w) * x_b, lam
     if mode != "cutmix":
         raise ValueError(f"PRETRAIN.ICCL.MIX: unknown interpolation '{mode}' (mixup, cutmix)")

@@ -26,8 +26,12 @@ def tail_classes(class_frequency: Optional[Sequence[str]], groups: Sequence[str]
 
 def train_linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
                        epochs: int = 300, lr: float = 0.05, weight_decay: float = 1e-4,
-                       seed: int = 0) -> torch.nn.Linear:
+                       seed: int = 0, balanced: bool = True) -> torch.nn.Linear:
     """Multinomial logistic regression on standardised features (full-batch Adam).
+
+    With ``balanced`` the cross-entropy weights each class by 1 / its training count (normalised
+    to mean 1 over present classes), so that the probe measures how separable the tail classes
+    are rather than the training prior.
 
     Args:
         train_feats (Tensor): [N, d] frozen features.
@@ -41,11 +45,16 @@ def train_linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, nu
     mean, std = train_feats.mean(0), train_feats.std(0).clamp_min(1e-6)
     x = (train_feats - mean) / std
     clf = torch.nn.Linear(x.shape[1], num_classes)
+    weight = None
+    if balanced:
+        counts = torch.bincount(train_labels, minlength=num_classes).float()
+        weight = torch.where(counts > 0, 1.0 / counts.clamp_min(1), torch.zeros_like(counts))
+        weight = weight * (counts > 0).sum() / weight.sum()
     opt = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     for _ in range(epochs):
         opt.zero_grad()
-        loss = F.cross_entropy(clf(x), train_labels)
+        loss = F.cross_entropy(clf(x), train_labels, weight=weight)
         loss.backward()
         opt.step()
         sched.step()

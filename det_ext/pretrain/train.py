@@ -210,7 +210,7 @@ class PretrainRunner:
                     per_iter = (time.perf_counter() - t_start) / done_iters
                     left = per_iter * ((solver.EPOCHS - epoch) * n_iter - it - 1)
                     logger.info("epoch %d/%d iter %d/%d loss %.4f lr %.4g eta %s", epoch + 1,
-                                solver.EPOCHS, it + 1, n_iter, float(loss), lr,
+                                solver.EPOCHS, it + 1, n_iter, loss.item(), lr,
                                 datetime.timedelta(seconds=int(left)))
             self.history.append({"epoch": epoch + 1, "lr": lr,
                                  **{k: v / max(n_iter, 1) for k, v in sums.items()}})

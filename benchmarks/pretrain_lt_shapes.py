@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+# Copyright (c) det_ext authors.
+"""Benchmark: short PCL / MoPro / ICCL pre-training of a ResNet-18 on LT-Shapes object crops,
+then (a) a linear probe on frozen features (val crops; overall and tail = LVIS 'r' + 'c' classes)
+against random initialisation and the instance-only baseline, and (b) the LT-Shapes tiny Mask
+R-CNN (configs/LT-Shapes/pretrained_R18_FPN_tiny.yaml) initialised from each converted backbone
+versus random initialisation, same schedule.
+
+Reduced CPU schedule (see docs/backbones.md): configs/pretrain/*_R18_lt_shapes.yaml (32 px inputs,
+batch 128, --epochs epochs), detection --det-iters iterations of 8 images. Every stage's result is
+kept in WORK_DIR/state.json and pre-training resumes from its last epoch, so a killed run picks up
+where it stopped. Output (percent)::
+
+    {"linear_probe": {"random": {"acc", "tail_acc"}, "instance_only": ..., "pcl": ..., "mopro": ...,
+                      "iccl": ...},
+     "detection": {"random": {"AP", ...}, "pcl": ..., "mopro": ..., "iccl": ...},
+     "settings": {...}, "timing_s": {...}}
+
+Usage::
+
+    flock /tmp/det_ext_heavy.lock python benchmarks/pretrain_lt_shapes.py --out results.json \
+        [--seed 0] [--epochs 6] [--det-iters 300] [--work-dir output/bench_pretrain]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from typing import Any, Dict
+
+import torch
+from detectron2.utils.logger import setup_logger
+
+from det_ext.data import LTShapesSpec, register_lt_shapes
+from det_ext.engine import DetExtTrainer, build_config, run_cli
+from det_ext.pretrain.cli import build_pretrain_config
+from det_ext.pretrain.convert import convert_checkpoint
+from det_ext.pretrain.data import build_transforms, load_sample_set
+from det_ext.pretrain.encoder import ResNetEncoder
+from det_ext.pretrain.probe import probe_accuracy, tail_classes, train_linear_probe
+from det_ext.pretrain.train import PretrainRunner, compute_features
+from det_ext.utils.io import atomic_write_json
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ("instance_only", "pcl", "mopro", "iccl")
+DETECTION = ("random", "pcl", "mopro", "iccl")
+logger = logging.getLogger("det_ext.bench")
+
+
+def _state(path: str) -> Dict[str, Any]:
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"linear_probe": {}, "detection": {}, "timing_s": {}}
+
+
+def _datasets(args) -> Dict[str, str]:
+    if not (args.train_images or args.val_images):
+        if args.seed == 0:
+            return register_lt_shapes()
+        return register_lt_shapes(LTShapesSpec(seed=args.seed), prefix=f"lt_shapes_seed{args.seed}")
+    spec = LTShapesSpec(seed=args.seed, num_train_images=args.train_images or 2500,
+                        num_val_images=args.val_images or 400)
+    return register_lt_shapes(spec, prefix=f"lt_shapes_bench_{spec.digest()}")
+
+
+def _pretrain_cfg(method: str, args, names):
+    opts = ["OUTPUT_DIR", os.path.join(args.work_dir, "pretrain", method), "SEED", str(args.seed),
+            "PRETRAIN.DATA.DATASETS", f"('{names['train']}',)"]
+    if args.epochs:
+        opts += ["PRETRAIN.SOLVER.EPOCHS", str(args.epochs)]
+    opts += list(args.pretrain_opts)
+    return build_pretrain_config(os.path.join(REPO, "configs", "pretrain",
+                                              f"{method}_R18_lt_shapes.yaml"), opts)
+
+
+def _probe(encoder, train, val, tail, transform, seed) -> Dict[str, float]:
+    f_tr = compute_features(encoder, train.images, transform, key="features")
+    f_va = compute_features(encoder, val.images, transform, key="features")
+    clf = train_linear_probe(f_tr, train.clean_labels, train.num_classes, seed=seed)
+    return probe_accuracy(clf, f_va, val.clean_labels, tail)
+
+
+def _detect(name: str, weights: str, args, names) -> Dict[str, float]:
+    out = os.path.join(args.work_dir, "detection", name)
+    opts = ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", out, "SEED", str(args.seed),
+            "DATASETS.TRAIN", f"('{names['train']}',)", "DATASETS.TEST", f"('{names['val']}',)",
+            "SOLVER.MAX_ITER", str(args.det_iters),
+            "SOLVER.STEPS", str(tuple(sorted({s for s in (int(args.det_iters * 0.75),
+                                                           int(args.det_iters * 0.9))
+                                              if 0 < s < args.det_iters}))),
+            "SOLVER.WARMUP_ITERS", str(min(100, args.det_iters // 4)), "TEST.EVAL_PERIOD", "0"]
+    cfg = build_config(os.path.join(REPO, "configs/LT-Shapes/pretrained_R18_FPN_tiny.yaml"), opts)
+    os.makedirs(out, exist_ok=True)
+    trainer = DetExtTrainer(cfg)
+    trainer.resume_or_load(resume=True)
+    trainer.train()
+    with open(os.path.join(out, "metrics.json")) as f:
+        bbox = json.load(f)["bbox"]
+    return {k: bbox[k] for k in ("AP", "AP50", "AP75", "APr", "APc", "APf") if k in bbox}
+
+
+def main(args) -> Dict[str, Any]:
+    setup_logger(name="det_ext")
+    setup_logger(name="detectron2")
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.work_dir, exist_ok=True)
+    state_path = os.path.join(args.work_dir, "state.json")
+    state = _state(state_path)
+    names = _datasets(args)
+    base = _pretrain_cfg("pcl", args, names)
+    t0 = time.perf_counter()
+    train = load_sample_set(base.PRETRAIN.DATA, datasets=[names["train"]], noise=False)
+    val = load_sample_set(base.PRETRAIN.DATA, datasets=[names["val"]], noise=False)
+    tail = tail_classes(train.class_frequency)
+    transform = build_transforms(base.PRETRAIN.AUG, base.PRETRAIN.DATA.INPUT_SIZE, "eval")
+    state["settings"] = {"seed": args.seed, "train_crops": len(train), "val_crops": len(val),
+                         "tail_classes": tail.tolist(), "tail_groups": "r+c",
+                         "epochs": base.PRETRAIN.SOLVER.EPOCHS, "det_iters": args.det_iters,
+                         "input_size": base.PRETRAIN.DATA.INPUT_SIZE, "arch": "resnet18"}
+    logger.info("LT-Shapes crops: %d train, %d val (%.1fs); tail classes %s", len(train), len(val),
+                time.perf_counter() - t0, tail.tolist())
+
+    if "random" not in state["linear_probe"]:
+        torch.manual_seed(args.seed)
+        enc = ResNetEncoder("resnet18", "mlp", 128)
+        state["linear_probe"]["random"] = _probe(enc, train, val, tail, transform, args.seed)
+        atomic_write_json(state_path, state, indent=1)
+    for method in METHODS:
+        if method in state["linear_probe"]:
+            continue
+        t = time.perf_counter()
+        cfg = _pretrain_cfg(method, args, names)
+        samples = train
+        if cfg.PRETRAIN.DATA.NOISE_RATE > 0:
+            samples = load_sample_set(cfg.PRETRAIN.DATA, datasets=[names["train"]],
+                                      seed=args.seed)
+        runner = PretrainRunner(cfg, samples)
+        runner.resume()
+        history = runner.train()
+        if method == "mopro":
+            state.setdefault("mopro_noise", {})["label_noise_rate"] = \
+                float((samples.labels != samples.clean_labels).float().mean())
+            state["mopro_noise"]["last_epoch"] = history[-1]
+        state["linear_probe"][method] = _probe(runner.model.encoder_q, train, val, tail,
+                                               transform, args.seed)
+        state["timing_s"][f"pretrain_{method}"] = round(time.perf_counter() - t, 1)
+        atomic_write_json(state_path, state, indent=1)
+        logger.info("%s linear probe: %s", method, state["linear_probe"][method])
+
+    for name in DETECTION:
+        if name in state["detection"] or args.det_iters <= 0:
+            continue
+        t = time.perf_counter()
+        weights = ""
+        if name != "random":
+            ckpt = os.path.join(args.work_dir, "pretrain", name, "checkpoint_last.pth.tar")
+            weights = os.path.join(args.work_dir, "pretrain", name, "backbone_d2.pkl")
+            report = convert_checkpoint(ckpt, weights, name)  # errors unless fully covered
+            state.setdefault("conversion", {})[name] = report.summary()
+        state["detection"][name] = _detect(name, weights, args, names)
+        state["timing_s"][f"detection_{name}"] = round(time.perf_counter() - t, 1)
+        atomic_write_json(state_path, state, indent=1)
+        logger.info("%s detection: %s", name, state["detection"][name])
+    state["timing_s"]["total_this_invocation"] = round(time.perf_counter() - t0, 1)
+    atomic_write_json(args.out, state, indent=1)
+    return state
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="results JSON")
+    p.add_argument("--seed", type=int, default=0, help="LT-Shapes world seed and training seed")
+    p.add_argument("--epochs", type=int, default=0, help="pre-training epochs (0: config's)")
+    p.add_argument("--det-iters", type=int, default=300, help="detection iterations (0: skip)")
+    p.add_argument("--work-dir", default="output/bench_pretrain_lt_shapes",
+                   help="intermediate results and checkpoints (resumed when present)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--train-images", type=int, default=0,
+                   help="smaller LT-Shapes world (0: the default 2500 training images)")
+    p.add_argument("--val-images", type=int, default=0, help="(0: the default 400)")
+    p.add_argument("--pretrain-opts", nargs="*", default=[],
+                   help="KEY VALUE overrides applied to every pre-training config")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args())
