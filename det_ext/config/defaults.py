@@ -6,6 +6,7 @@ from detectron2.config import CfgNode as CN
 
 from .noisy import add_noisy_config
 from .pseudo import add_pseudo_config
+from .simcal import add_simcal_config
 
 __all__ = ["add_det_ext_config"]
 
@@ -44,3 +45,4 @@ def add_det_ext_config(cfg: CN) -> None:
     _add_lt_shapes_config(cfg)
     add_noisy_config(cfg)
     add_pseudo_config(cfg)
+    add_simcal_config(cfg)

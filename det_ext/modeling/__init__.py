@@ -4,3 +4,4 @@
 Each component family is a subpackage imported here for its registration side effects.
 """
 from . import noisy  # noqa: F401
+from . import simcal  # noqa: F401
