@@ -83,6 +83,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="reduced world for smoke runs (0: the default world's 2500)")
     p.add_argument("--num-val-images", type=int, default=0,
                    help="reduced world for smoke runs (0: the default world's 400)")
+    p.add_argument("--pseudo-max-images", type=int, default=0,
+                   help="pseudo boxes on the first N training images only (0: all)")
     p.add_argument("--tiny-vl-iters", type=int, default=0,
                    help="iterations when the tiny VL model is trained here (0: its default)")
     return p.parse_args(argv)
@@ -189,6 +191,12 @@ def generate_pseudo(args, names: Dict[str, str], tiny_vl: str, proposal_dir: str
     if os.path.isfile(out):
         return out
     meta = MetadataCatalog.get(names["train"])
+    captions = meta.captions_file
+    if args.pseudo_max_images:
+        entries = json.load(open(captions))
+        entries = sorted(entries, key=lambda e: e["image_id"])[:args.pseudo_max_images]
+        captions = os.path.join(work, f"captions_train_first{args.pseudo_max_images}.json")
+        atomic_write_json(captions, entries)
     cfg = get_cfg()
     add_det_ext_config(cfg)
     cfg.merge_from_file(PSEUDO_CONFIG)
@@ -198,7 +206,7 @@ def generate_pseudo(args, names: Dict[str, str], tiny_vl: str, proposal_dir: str
                          "PSEUDO.DEVICE", args.device])
     cfg.freeze()
     start = time.time()
-    report = generate_pseudo_boxes(cfg, meta.captions_file, meta.vocab_file, out,
+    report = generate_pseudo_boxes(cfg, captions, meta.vocab_file, out,
                                    image_root=meta.image_root, dataset_json=meta.json_file)
     timings["pseudo_boxes"] = round(time.time() - start, 1)
     logger.info("Pseudo boxes: %s", report)

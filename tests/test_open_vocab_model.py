@@ -339,3 +339,38 @@ def test_predict_cli_with_custom_vocabulary(ov_world, tmp_path):
     assert res.returncode == 2
     assert "text encoder output size 8 does not match the model's embedding dimension 16" in \
         res.stderr.strip().splitlines()[-1]
+
+
+def test_mask_rcnn_with_text_embedding_classifier(ov_world, tmp_path):
+    cfg = build_config(BASE_CFG, _ov_opts(ov_world, tmp_path, extra=(
+        "MODEL.MASK_ON", "True", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "True",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    d = DatasetCatalog.get(ov_world["base_train"])[0]
+    image = torch.as_tensor(read_image(d["file_name"], format="BGR").transpose(2, 0, 1).copy())
+    from detectron2.structures import BoxMode
+
+    boxes = [BoxMode.convert(a["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
+             for a in d["annotations"]]
+    inst = Instances((64, 64), gt_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)),
+                     gt_classes=torch.tensor([a["category_id"] for a in d["annotations"]]))
+    import pycocotools.mask as mask_utils
+    from detectron2.structures import BitMasks
+
+    masks = [mask_utils.decode(a["segmentation"]) for a in d["annotations"]]
+    inst.gt_masks = BitMasks(torch.as_tensor(np.stack(masks)).bool())
+    model.train()
+    with EventStorage():
+        losses = model([{"image": image, "instances": inst, "height": 64, "width": 64}])
+    assert {"loss_cls", "loss_box_reg", "loss_mask"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    bank = ov_world["bank"]
+    set_vocabulary(model, bank.names, embeddings=bank)
+    out = model([{"image": image, "height": 64, "width": 64}])[0]["instances"]
+    assert out.has("pred_masks") and int(out.pred_classes.max()) < 8
+    # class-specific masks are tied to the training classes
+    cfg2 = build_config(BASE_CFG, _ov_opts(ov_world, tmp_path, extra=("MODEL.MASK_ON", "True")))
+    with pytest.raises(ClassEmbeddingError, match="CLS_AGNOSTIC_MASK"):
+        set_vocabulary(build_model(cfg2), bank.names, embeddings=bank)
