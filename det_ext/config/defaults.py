@@ -5,6 +5,7 @@ from __future__ import annotations
 from detectron2.config import CfgNode as CN
 
 from .noisy import add_noisy_config
+from .open_vocab import add_open_vocab_config
 from .pseudo import add_pseudo_config
 from .simcal import add_simcal_config
 
@@ -46,3 +47,4 @@ def add_det_ext_config(cfg: CN) -> None:
     add_noisy_config(cfg)
     add_pseudo_config(cfg)
     add_simcal_config(cfg)
+    add_open_vocab_config(cfg)
