@@ -76,6 +76,12 @@ def main(args: argparse.Namespace) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     prop_file = args.out + ".proposals.json"
     records = read_captions(meta.captions_file)
+    captions_file = meta.captions_file
+    if args.max_images:  # smoke runs: the first N val images only
+        records = records[:args.max_images]
+        captions_file = args.out + ".captions_subset.json"
+        atomic_write_json(captions_file, [{"image_id": r.image_id, "file_name": r.file_name,
+                                           "captions": r.captions} for r in records])
     if not os.path.isfile(prop_file):
         logger.info("Computing proposals of %d val images with %s", len(records),
                     cfg.PSEUDO.PROPOSALS.CONFIG_FILE or cfg.PSEUDO.PROPOSALS.FILE)
@@ -88,7 +94,7 @@ def main(args: argparse.Namespace) -> dict:
     # ---------------------------------------------------------------- quality
     pseudo_file = args.out + ".pseudo_val.json"
     t0 = time.perf_counter()
-    report = generate_pseudo_boxes(cfg, meta.captions_file, meta.vocab_file, pseudo_file,
+    report = generate_pseudo_boxes(cfg, captions_file, meta.vocab_file, pseudo_file,
                                    image_root=folder, dataset_json=meta.json_file,
                                    progress=not args.no_progress)
     gen_seconds = time.perf_counter() - t0
@@ -122,6 +128,7 @@ def main(args: argparse.Namespace) -> dict:
                        "batch_size": bs, "threads": torch.get_num_threads(),
                        "batched_img_per_s": x, "reference_loop_img_per_s": y, "speedup": x / y},
         "setup": {"seed": args.seed, "config": args.config, "val_images": len(records),
+                  "overrides": list(args.opts or []),
                   "checkpoint": cfg.PSEUDO.ALBEF.CHECKPOINT if args.model == "tiny" else "random",
                   "proposals": {"file": prop_file, "source_config": cfg.PSEUDO.PROPOSALS.CONFIG_FILE,
                                 "weights": cfg.PSEUDO.PROPOSALS.WEIGHTS,
@@ -142,6 +149,7 @@ if __name__ == "__main__":
     p.add_argument("--model", choices=("tiny", "base"), default="tiny",
                    help="model of the throughput comparison (base: ALBEF-base size, for GPUs)")
     p.add_argument("--throughput-images", type=int, default=128)
+    p.add_argument("--max-images", type=int, default=0, help="use only the first N val images (smoke)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")

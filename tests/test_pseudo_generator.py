@@ -100,6 +100,18 @@ def test_output_is_registrable_lvis_json(world):
     assert json.load(open(ref))["annotations"] == data["annotations"]
 
 
+def test_text_embeddings(world):
+    out = str(world["tmp"] / "emb.json")
+    generate_pseudo_boxes(make_cfg(world), world["captions"], world["vocab"], out,
+                          image_root=world["folder"], dataset_json=world["json"], progress=False,
+                          text_embeddings=True)
+    cats = json.load(open(out))["categories"]
+    vecs = np.array([c["embedding"]["AlbefBackend"] for c in cats])
+    assert vecs.shape == (8, 32)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
+    assert np.linalg.matrix_rank(vecs) > 1
+
+
 def test_resume_and_shards_give_identical_json(world):
     full = str(world["tmp"] / "full2.json")
     run(world, full)

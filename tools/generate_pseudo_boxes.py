@@ -58,7 +58,8 @@ def main(args: argparse.Namespace) -> None:
             raise ConfigInputError(f"--merge: not every shard of {args.out} is finished")
     else:
         report = generate_pseudo_boxes(cfg, args.captions, args.vocab, args.out, args.image_root,
-                                       args.dataset_json, shard, progress=not args.no_progress)
+                                       args.dataset_json, shard, progress=not args.no_progress,
+                                       text_embeddings=args.text_embeddings)
     if report is not None:
         logging.getLogger("det_ext").info("Report: %s", report)
 
@@ -75,5 +76,7 @@ if __name__ == "__main__":
     p.add_argument("--shard", default="0/1", help="i/n: process every n-th image from the i-th")
     p.add_argument("--merge", action="store_true", help="only merge finished shards into --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--text-embeddings", action="store_true",
+                   help="store the backend's text embedding of every category name")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     run_cli(main, p.parse_args())

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from detectron2.config import CfgNode
 
 from det_ext.data.datasets import read_dataset_json
+from det_ext.utils.io import atomic_write_json
 
 from .backends.base import VL_BACKEND_REGISTRY, VLBackend
 from .generator import PseudoBoxGenerator, run_shard, shard_records
@@ -65,8 +66,12 @@ def generate_pseudo_boxes(cfg: CfgNode, captions_file: str, vocab_file: str, out
                           image_root: Optional[str] = None, dataset_json: Optional[str] = None,
                           shard: Tuple[int, int] = (0, 1), progress: bool = True,
                           max_batches: Optional[int] = None,
-                          generator: Optional[PseudoBoxGenerator] = None) -> Optional[Dict[str, Any]]:
+                          generator: Optional[PseudoBoxGenerator] = None,
+                          text_embeddings: bool = False) -> Optional[Dict[str, Any]]:
     """Runs shard ``shard`` and, when every shard is finished, writes ``out``.
+
+    With ``text_embeddings`` every category of ``out`` gets ``embedding: {"<Backend>": [...]}``, the
+    backend's L2-normalised text embedding of its name (PB-OVD stores CLIP's as ``ClipEmb``).
 
     Returns:
         dict or None: the final report when ``out`` was written, else None.
@@ -81,7 +86,20 @@ def generate_pseudo_boxes(cfg: CfgNode, captions_file: str, vocab_file: str, out
         generator = build_generator(cfg, vocabulary, image_root)
     run_shard(generator, mine, shard_path(out, *shard), cfg.PSEUDO.BATCH_SIZE, settings, progress,
               max_batches)
-    return try_merge(out, shard[1], records, vocabulary, cats, image_root, settings)
+    report = try_merge(out, shard[1], records, vocabulary, cats, image_root, settings)
+    if report is not None and text_embeddings:
+        add_text_embeddings(out, generator.backend)
+    return report
+
+
+def add_text_embeddings(out: str, backend: VLBackend) -> None:
+    """Adds ``embedding: {"<Backend class>": vector}`` to every category of the JSON ``out``."""
+    with open(out) as f:
+        data = json.load(f)
+    vectors = backend.text_embeddings([c["name"] for c in data["categories"]])
+    for c, v in zip(data["categories"], vectors):
+        c["embedding"] = {type(backend).__name__: [round(float(x), 6) for x in v]}
+    atomic_write_json(out, data)
 
 
 def try_merge(out, num_shards, records, vocabulary, cats, image_root, settings):

@@ -1,9 +1,10 @@
 # Copyright (c) det_ext authors.
 """Training of a tiny ALBEF-style model on LT-Shapes captions (CPU, minutes).
 
-Model: ViT (8 px patches on 128 px images, 16x16 map) + word-level BERT with 2 text layers and 3
-fusion layers + ITM head + contrastive projections. Losses (ALBEF): image-text contrastive (ITC) with
-a learnable temperature, and image-text matching (ITM) on the positives, on hard negatives sampled
+Model: ViT (8 px patches on 128 px images, 16x16 map, width 96, 3 blocks) + word-level BERT with 2
+text layers and 3 fusion layers + ITM head + contrastive projections. Losses (ALBEF): image-text
+contrastive (ITC) with a learnable temperature, and image-text matching (ITM) on the positives, on
+hard negatives sampled
 from the contrastive similarities (ALBEF) and on *swapped* negatives (the positive caption with one
 mentioned category replaced by another one's surface form), which force word-level grounding.
 Captions that are true for an image (every category they mention is mentioned by the image's own
@@ -42,13 +43,14 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class TinyVLOptions:
-    """Training options (defaults: about 12 minutes on 2 CPU cores)."""
+    """Training options (the run stops, with its learning rate fully decayed, after ``max_iter``
+    iterations or ``max_minutes`` minutes, whichever comes first)."""
 
-    max_iter: int = 1200
+    max_iter: int = 700
     batch_size: int = 32
     lr: float = 5e-4
     weight_decay: float = 0.02
-    warmup: int = 60
+    warmup: int = 50
     max_text_len: int = 40
     swap_fraction: float = 0.5
     seed: int = 0
@@ -58,10 +60,11 @@ class TinyVLOptions:
 
 
 def tiny_albef_config(vocab_size: int, image_size: int = 128) -> AlbefConfig:
-    """The tiny architecture (about 1.6 M parameters)."""
-    return AlbefConfig(image_size=image_size, patch_size=8, vision_width=128, vision_depth=4,
-                       vision_heads=4, mlp_ratio=4.0, vocab_size=vocab_size, hidden_size=128,
-                       num_layers=5, num_heads=4, intermediate_size=512, fusion_layer=2,
+    """The tiny architecture (about 0.9 M parameters): 8 px patches (16x16 map at 128 px), width 96,
+    3 ViT blocks, 2 text + 3 fusion layers, 4 heads."""
+    return AlbefConfig(image_size=image_size, patch_size=8, vision_width=96, vision_depth=3,
+                       vision_heads=4, mlp_ratio=4.0, vocab_size=vocab_size, hidden_size=96,
+                       num_layers=5, num_heads=4, intermediate_size=384, fusion_layer=2,
                        max_position=64, embed_dim=64)
 
 
@@ -136,10 +139,13 @@ class CaptionData:
         return " ".join(tokens[: m.left - 1] + [form] + tokens[m.right - 1:])
 
 
-def _cosine_lr(it: int, opts: TinyVLOptions) -> float:
+def _cosine_lr(it: int, opts: TinyVLOptions, elapsed: float = 0.0) -> float:
+    """Warm-up, then cosine decay over whichever budget (iterations or time) runs out first, so a
+    slow machine still ends the schedule properly within ``max_minutes``."""
     if it < opts.warmup:
         return opts.lr * (it + 1) / opts.warmup
-    p = (it - opts.warmup) / max(1, opts.max_iter - opts.warmup)
+    p = max((it - opts.warmup) / max(1, opts.max_iter - opts.warmup),
+            elapsed / (opts.max_minutes * 60.0))
     return opts.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
 
@@ -215,7 +221,7 @@ def train_tiny_vl(captions_file: str, image_root: str, vocab_file: str, out_dir:
     optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     os.makedirs(out_dir, exist_ok=True)
     state_path = os.path.join(out_dir, "last_state.pth")
-    start = 0
+    start, elapsed_before = 0, 0.0
     if resume and os.path.isfile(state_path):
         st = torch.load(state_path, map_location="cpu", weights_only=False)
         model.load_state_dict(st["model"])
@@ -223,6 +229,7 @@ def train_tiny_vl(captions_file: str, image_root: str, vocab_file: str, out_dir:
         rng.bit_generator.state = st["rng"]
         torch.set_rng_state(st["torch_rng"])
         start = st["iter"]
+        elapsed_before = st.get("elapsed", 0.0)
         logger.info("Resuming tiny VL training from iteration %d", start)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("Tiny ALBEF: %d parameters, %d words, %d images", n_params, len(data.tokenizer.vocab),
@@ -236,25 +243,28 @@ def train_tiny_vl(captions_file: str, image_root: str, vocab_file: str, out_dir:
             order, pos = rng.permutation(len(data)), 0
         idx = order[pos:pos + opts.batch_size]
         pos += opts.batch_size
+        lr = _cosine_lr(it, opts, time.perf_counter() - t0 + elapsed_before)
         for g in optim.param_groups:
-            g["lr"] = _cosine_lr(it, opts)
+            g["lr"] = lr
         optim.zero_grad(set_to_none=True)
         stats = _train_step(model, data, idx, rng, opts)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optim.step()
-        elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0 + elapsed_before
         if it % 20 == 0 or it + 1 == opts.max_iter:
-            eta = elapsed / (it - start + 1) * (opts.max_iter - it - 1)
+            per_it = (elapsed - elapsed_before) / (it - start + 1)
+            eta = min(per_it * (opts.max_iter - it - 1), max(0.0, opts.max_minutes * 60 - elapsed))
             logger.info("iter %d/%d  itc %.3f  itm %.3f  itm_acc %.3f  lr %.2e  %.2f s/it  eta %.0f s",
                         it + 1, opts.max_iter, stats["loss_itc"], stats["loss_itm"], stats["itm_acc"],
-                        _cosine_lr(it, opts), elapsed / (it - start + 1), eta)
+                        lr, per_it, eta)
         last = it + 1 == opts.max_iter or elapsed > opts.max_minutes * 60
         if (it + 1) % opts.checkpoint_period == 0 or last:
             tmp = state_path + ".tmp"
             torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(), "iter": it + 1,
+                        "elapsed": elapsed,
                         "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, tmp)
             os.replace(tmp, state_path)
-        if elapsed > opts.max_minutes * 60 and it + 1 < opts.max_iter:
+        if last and it + 1 < opts.max_iter:
             logger.warning("time budget of %.1f min reached at iteration %d/%d: stopping early",
                            opts.max_minutes, it + 1, opts.max_iter)
             break

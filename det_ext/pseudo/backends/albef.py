@@ -96,3 +96,10 @@ class AlbefBackend(VLBackend):
     def span_maps(self, images: Sequence[np.ndarray], captions: Sequence[str],
                   spans: Sequence[Sequence[Span]]) -> List[List[torch.Tensor]]:
         return sum_span_rows(self.token_cams(images, captions), spans)
+
+    @torch.no_grad()
+    def text_embeddings(self, names: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text-encoder [CLS] states of ``"a {name}"`` (text layers only): [K, hidden]."""
+        ids, mask = self.tokenizer.encode([f"a {n}" for n in names], self.max_text_len)
+        h = self.model.text_encoder(ids.to(self.device), mask.to(self.device), mode="text")
+        return torch.nn.functional.normalize(h[:, 0], dim=-1).cpu()

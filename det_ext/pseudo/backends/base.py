@@ -112,6 +112,10 @@ class VLBackend:
         """
         raise NotImplementedError
 
+    def text_embeddings(self, names: Sequence[str]) -> torch.Tensor:
+        """Text embeddings of category names [K, D] (optional; for the output's categories)."""
+        raise NotImplementedError(f"{type(self).__name__} gives no text embeddings")
+
 
 def sum_span_rows(cams: torch.Tensor, spans: Sequence[Sequence[Span]]) -> List[List[torch.Tensor]]:
     """Sums the token rows of each span into a *new* tensor (the reference summed in place into

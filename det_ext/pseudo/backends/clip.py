@@ -124,3 +124,10 @@ class ClipBackend(VLBackend):
         for (p, _, _), cam in zip(items, cams):
             out[p].append(cam.cpu())
         return out
+
+    @torch.no_grad()
+    def text_embeddings(self, names: Sequence[str]) -> torch.Tensor:
+        """L2-normalised CLIP text embeddings of the prompted names: [K, D]."""
+        ids = self.text_tokenizer([self.prompt.format(n) for n in names],
+                                  context_length=self.context_length).to(self.device)
+        return F.normalize(self.model.encode_text(ids), dim=-1).cpu()
