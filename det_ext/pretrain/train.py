@@ -85,6 +85,7 @@ class PretrainRunner:
         self.method = p.METHOD
         if self.method in METHODS_WITH_LABELS and bool((self.samples.labels < 0).any()):
             raise ValueError(f"method '{self.method}' needs a label for every sample")
+        torch.manual_seed(max(cfg.SEED, 0))  # same initial weights for the same seed
         self.model = build_pretrain_model(cfg, self.samples.num_classes).to(self.device)
         self.net = (DistributedDataParallel(self.model, find_unused_parameters=True)
                     if self.world > 1 else self.model)

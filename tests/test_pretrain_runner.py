@@ -1,0 +1,123 @@
+# Copyright (c) det_ext authors.
+"""Pre-training loop on tiny LT-Shapes crops: checkpoints in the reference format, resume, the
+converter reading our checkpoints, and the pretrain_net CLI."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.data import MetadataCatalog
+
+from det_ext.pretrain.cli import build_pretrain_config
+from det_ext.pretrain.convert import convert_checkpoint
+from det_ext.pretrain.data import SampleSet, load_sample_set
+from det_ext.pretrain.train import PretrainRunner
+from det_ext.utils.errors import ConfigInputError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _opts(out, method, epochs=2):
+    return ["OUTPUT_DIR", str(out), "SEED", "1", "PRETRAIN.METHOD", method,
+            "PRETRAIN.MODEL.ARCH", "resnet18", "PRETRAIN.MODEL.DIM", "16",
+            "PRETRAIN.MODEL.HEAD", "mlp" if method == "pcl" else "mopro",
+            "PRETRAIN.MOCO.QUEUE_SIZE", "32", "PRETRAIN.MOCO.MOMENTUM", "0.9",
+            "PRETRAIN.PCL.NUM_CLUSTERS", "[4, 8]", "PRETRAIN.PCL.WARMUP_EPOCHS", "1",
+            "PRETRAIN.PCL.NUM_NEG_PROTOS", "4", "PRETRAIN.PCL.KMEANS_REDO", "1",
+            "PRETRAIN.MOPRO.START_CLEAN_EPOCH", "1", "PRETRAIN.ICCL.WARMUP_EPOCHS", "1",
+            "PRETRAIN.DATA.DATASETS", "('lt_shapes_tiny_train',)", "PRETRAIN.DATA.STORE_SIZE", "20",
+            "PRETRAIN.DATA.INPUT_SIZE", "16", "PRETRAIN.DATA.NOISE_RATE", "0.2",
+            "PRETRAIN.SOLVER.EPOCHS", str(epochs), "PRETRAIN.SOLVER.BATCH_SIZE", "16",
+            "PRETRAIN.SOLVER.CHECKPOINT_PERIOD", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_samples(tiny_world):
+    cfg = build_pretrain_config("", _opts("/tmp/unused", "pcl"))
+    s = load_sample_set(cfg.PRETRAIN.DATA, seed=1)
+    keep = torch.arange(32)  # 2 batches per epoch keep the test fast
+    return SampleSet(s.images[keep], s.labels[keep], s.clean_labels[keep], s.class_names,
+                     s.class_frequency)
+
+
+def test_crops_from_tiny_world(tiny_world):
+    cfg = build_pretrain_config("", _opts("/tmp/unused", "mopro"))
+    s = load_sample_set(cfg.PRETRAIN.DATA, seed=1)
+    meta = MetadataCatalog.get(tiny_world["train"])
+    assert s.images.dtype == torch.uint8 and s.images.shape[1:] == (3, 20, 20)
+    assert s.class_names == list(meta.thing_classes)
+    assert sum(meta.class_instance_count) == len(s)  # one crop per training instance
+    flipped = (s.labels != s.clean_labels).float().mean()
+    assert abs(float(flipped) - 0.2) < 0.01
+
+
+@pytest.mark.parametrize("method", ["pcl", "mopro", "iccl"])
+def test_checkpoint_format_and_conversion(tmp_path, tiny_samples, method):
+    cfg = build_pretrain_config("", _opts(tmp_path, method, epochs=2))
+    runner = PretrainRunner(cfg, tiny_samples)
+    history = runner.train()
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert "loss_inst" in history[-1]
+    assert {"pcl": "loss_proto", "mopro": "loss_proto", "iccl": "loss_icc"}[method] in history[1]
+    blob = torch.load(tmp_path / "checkpoint_last.pth.tar", weights_only=True)
+    assert set(blob) == {"epoch", "arch", "state_dict", "optimizer"} and blob["epoch"] == 2
+    keys = blob["state_dict"]
+    assert {"module.queue", "module.queue_ptr", "module.encoder_q.conv1.weight",
+            "module.encoder_k.layer4.1.bn2.running_var"} <= set(keys)
+    if method == "mopro":
+        assert keys["module.prototypes"].shape == (8, 16)
+        assert "module.encoder_q.classifier.weight" in keys and "module.encoder_q.fc2.weight" in keys
+    if method == "pcl":
+        assert "module.encoder_q.fc.2.weight" in keys
+    assert os.path.isfile(tmp_path / "checkpoint_0001.pth.tar")
+    report = convert_checkpoint(str(tmp_path / "checkpoint_last.pth.tar"),
+                                str(tmp_path / "b.pkl"), method)
+    assert report.complete and report.depth == 18
+
+
+def test_resume_continues_identically(tmp_path, tiny_samples):
+    full = PretrainRunner(build_pretrain_config("", _opts(tmp_path / "full", "pcl", 2)),
+                          tiny_samples)
+    full.train()
+    first = PretrainRunner(build_pretrain_config("", _opts(tmp_path / "part", "pcl", 1)),
+                           tiny_samples)
+    first.train()  # "killed" after epoch 1
+    second = PretrainRunner(build_pretrain_config("", _opts(tmp_path / "part", "pcl", 2)),
+                            tiny_samples)
+    assert second.resume() and second.start_epoch == 1
+    history = second.train()
+    assert [h["epoch"] for h in history] == [1, 2]
+    a, b = full.model.state_dict(), second.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigInputError, match="PRETRAIN.METHOD"):
+        build_pretrain_config("", ["PRETRAIN.METHOD", "simclr"])
+    with pytest.raises(ConfigInputError, match="NO_SUCH_KEY"):
+        build_pretrain_config("", ["PRETRAIN.NO_SUCH_KEY", "1"])
+    with pytest.raises(ConfigInputError, match="missing.yaml"):
+        build_pretrain_config("missing.yaml")
+    for name in ("pcl", "mopro", "iccl", "instance_only"):
+        cfg = build_pretrain_config(os.path.join(REPO, f"configs/pretrain/{name}_R18_lt_shapes.yaml"))
+        assert cfg.PRETRAIN.MODEL.ARCH == "resnet18"
+
+
+@pytest.mark.slow
+def test_cli_json_source(tmp_path, tiny_world):
+    meta = MetadataCatalog.get(tiny_world["train"])
+    out = tmp_path / "run"
+    opts = _opts(out, "iccl", epochs=1)
+    opts[opts.index("PRETRAIN.DATA.DATASETS"):opts.index("PRETRAIN.DATA.DATASETS") + 2] = [
+        "PRETRAIN.DATA.SOURCE", "json", "PRETRAIN.DATA.JSON_FILE", meta.json_file,
+        "PRETRAIN.DATA.IMAGE_ROOT", meta.image_root]
+    tool = os.path.join(REPO, "tools", "pretrain_net.py")
+    res = subprocess.run([sys.executable, tool, "--method", "iccl", *opts], capture_output=True,
+                         text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert os.path.isfile(out / "checkpoint_last.pth.tar") and os.path.isfile(out / "config.yaml")
+    bad = subprocess.run([sys.executable, tool, "--method", "pcl", "PRETRAIN.BAD_KEY", "1"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "error: " in bad.stderr and "BAD_KEY" in bad.stderr
