@@ -18,6 +18,7 @@ BERT-base with 6 fusion layers, random weights; meant for a GPU) instead of the 
 
     python benchmarks/pseudo_boxes.py --out results.json [--seed 0] [--device cpu] [--model tiny]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,7 @@ def _time_generator(generator, records, batch_size: int, device: str) -> float:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for s in range(0, len(records), batch_size):
-        generator.process(records[s:s + batch_size])
+        generator.process(records[s : s + batch_size])
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return len(records) / (time.perf_counter() - t0)
@@ -64,8 +65,11 @@ def main(args: argparse.Namespace) -> dict:
     setup_logger(name="det_ext")
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = (register_lt_shapes() if args.seed == 0 else
-             register_lt_shapes(LTShapesSpec(seed=args.seed), prefix=f"lt_shapes_seed{args.seed}"))
+    names = (
+        register_lt_shapes()
+        if args.seed == 0
+        else register_lt_shapes(LTShapesSpec(seed=args.seed), prefix=f"lt_shapes_seed{args.seed}")
+    )
     folder = ensure_lt_shapes_generated(names["val"])
     meta = MetadataCatalog.get(names["val"])
     cfg = get_cfg()
@@ -78,25 +82,43 @@ def main(args: argparse.Namespace) -> dict:
     records = read_captions(meta.captions_file)
     captions_file = meta.captions_file
     if args.max_images:  # smoke runs: the first N val images only
-        records = records[:args.max_images]
+        records = records[: args.max_images]
         captions_file = args.out + ".captions_subset.json"
-        atomic_write_json(captions_file, [{"image_id": r.image_id, "file_name": r.file_name,
-                                           "captions": r.captions} for r in records])
+        atomic_write_json(
+            captions_file,
+            [
+                {"image_id": r.image_id, "file_name": r.file_name, "captions": r.captions}
+                for r in records
+            ],
+        )
     if not os.path.isfile(prop_file):
-        logger.info("Computing proposals of %d val images with %s", len(records),
-                    cfg.PSEUDO.PROPOSALS.CONFIG_FILE or cfg.PSEUDO.PROPOSALS.FILE)
+        logger.info(
+            "Computing proposals of %d val images with %s",
+            len(records),
+            cfg.PSEUDO.PROPOSALS.CONFIG_FILE or cfg.PSEUDO.PROPOSALS.FILE,
+        )
         by_id = {r.image_id: r for r in records}
-        dump_proposals(build_proposal_source(cfg), [r.image_id for r in records],
-                       lambda i: load_rgb(os.path.join(folder, by_id[i].file_name)), prop_file)
+        dump_proposals(
+            build_proposal_source(cfg),
+            [r.image_id for r in records],
+            lambda i: load_rgb(os.path.join(folder, by_id[i].file_name)),
+            prop_file,
+        )
     cfg.merge_from_list(["PSEUDO.PROPOSALS.FILE", prop_file])
     gt = read_dataset_json(meta.json_file)
 
     # ---------------------------------------------------------------- quality
     pseudo_file = args.out + ".pseudo_val.json"
     t0 = time.perf_counter()
-    report = generate_pseudo_boxes(cfg, captions_file, meta.vocab_file, pseudo_file,
-                                   image_root=folder, dataset_json=meta.json_file,
-                                   progress=not args.no_progress)
+    report = generate_pseudo_boxes(
+        cfg,
+        captions_file,
+        meta.vocab_file,
+        pseudo_file,
+        image_root=folder,
+        dataset_json=meta.json_file,
+        progress=not args.no_progress,
+    )
     gen_seconds = time.perf_counter() - t0
     with open(pseudo_file) as f:
         pseudo = json.load(f)
@@ -109,31 +131,62 @@ def main(args: argparse.Namespace) -> dict:
         vocab = tiny.tokenizer.vocab
         ckpt = os.path.join(tempfile.mkdtemp(), "albef_base_random.pth")
         random_albef_checkpoint(ckpt, albef_base_config(image_size=256), vocab)
-        cfg.merge_from_list(["PSEUDO.ALBEF.CHECKPOINT", ckpt, "PSEUDO.ALBEF.IMAGE_SIZE", "256",
-                             "PSEUDO.ALBEF.CAM_FUSION_LAYER", "2"])
+        cfg.merge_from_list(
+            [
+                "PSEUDO.ALBEF.CHECKPOINT",
+                ckpt,
+                "PSEUDO.ALBEF.IMAGE_SIZE",
+                "256",
+                "PSEUDO.ALBEF.CAM_FUSION_LAYER",
+                "2",
+            ]
+        )
     proposals = PrecomputedProposals(prop_file, cfg.PSEUDO.PROPOSALS.TOPK)
-    subset = records[:args.throughput_images]
+    subset = records[: args.throughput_images]
     bs = cfg.PSEUDO.BATCH_SIZE
-    batched = build_generator(cfg, vocabulary, folder, build_backend(cfg, per_image=False), proposals)
-    reference = build_generator(cfg, vocabulary, folder, build_backend(cfg, per_image=True), proposals)
+    batched = build_generator(
+        cfg, vocabulary, folder, build_backend(cfg, per_image=False), proposals
+    )
+    reference = build_generator(
+        cfg, vocabulary, folder, build_backend(cfg, per_image=True), proposals
+    )
     x = _time_generator(batched, subset, bs, args.device)
     y = _time_generator(reference, subset, bs, args.device)
     result = {
-        "precision_iou50": quality["precision_iou50"], "recall_iou50": quality["recall_iou50"],
-        "mean_iou": quality["mean_iou"], "mean_best_iou": quality["mean_best_iou"],
-        "num_pseudo": quality["num_pseudo"], "num_gt": quality["num_gt"],
+        "precision_iou50": quality["precision_iou50"],
+        "recall_iou50": quality["recall_iou50"],
+        "mean_iou": quality["mean_iou"],
+        "mean_best_iou": quality["mean_best_iou"],
+        "num_pseudo": quality["num_pseudo"],
+        "num_gt": quality["num_gt"],
         "by_group": quality["by_group"],
-        "generation_report": report, "generation_seconds": round(gen_seconds, 2),
-        "throughput": {"device": args.device, "model": args.model, "images": len(subset),
-                       "batch_size": bs, "threads": torch.get_num_threads(),
-                       "batched_img_per_s": x, "reference_loop_img_per_s": y, "speedup": x / y},
-        "setup": {"seed": args.seed, "config": args.config, "val_images": len(records),
-                  "overrides": list(args.opts or []),
-                  "checkpoint": cfg.PSEUDO.ALBEF.CHECKPOINT if args.model == "tiny" else "random",
-                  "proposals": {"file": prop_file, "source_config": cfg.PSEUDO.PROPOSALS.CONFIG_FILE,
-                                "weights": cfg.PSEUDO.PROPOSALS.WEIGHTS,
-                                "mode": cfg.PSEUDO.PROPOSALS.MODE, "topk": cfg.PSEUDO.PROPOSALS.TOPK},
-                  "pseudo_file": pseudo_file},
+        "generation_report": report,
+        "generation_seconds": round(gen_seconds, 2),
+        "throughput": {
+            "device": args.device,
+            "model": args.model,
+            "images": len(subset),
+            "batch_size": bs,
+            "threads": torch.get_num_threads(),
+            "batched_img_per_s": x,
+            "reference_loop_img_per_s": y,
+            "speedup": x / y,
+        },
+        "setup": {
+            "seed": args.seed,
+            "config": args.config,
+            "val_images": len(records),
+            "overrides": list(args.opts or []),
+            "checkpoint": cfg.PSEUDO.ALBEF.CHECKPOINT if args.model == "tiny" else "random",
+            "proposals": {
+                "file": prop_file,
+                "source_config": cfg.PSEUDO.PROPOSALS.CONFIG_FILE,
+                "weights": cfg.PSEUDO.PROPOSALS.WEIGHTS,
+                "mode": cfg.PSEUDO.PROPOSALS.MODE,
+                "topk": cfg.PSEUDO.PROPOSALS.TOPK,
+            },
+            "pseudo_file": pseudo_file,
+        },
     }
     atomic_write_json(args.out, result, indent=2)
     logger.info("Results: %s", json.dumps(result, indent=2))
@@ -141,15 +194,23 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", required=True, help="results JSON")
     p.add_argument("--seed", type=int, default=0, help="LT-Shapes world seed")
     p.add_argument("--config", default="configs/LT-Shapes/pseudo_tiny_albef.yaml")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--model", choices=("tiny", "base"), default="tiny",
-                   help="model of the throughput comparison (base: ALBEF-base size, for GPUs)")
+    p.add_argument(
+        "--model",
+        choices=("tiny", "base"),
+        default="tiny",
+        help="model of the throughput comparison (base: ALBEF-base size, for GPUs)",
+    )
     p.add_argument("--throughput-images", type=int, default=128)
-    p.add_argument("--max-images", type=int, default=0, help="use only the first N val images (smoke)")
+    p.add_argument(
+        "--max-images", type=int, default=0, help="use only the first N val images (smoke)"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")

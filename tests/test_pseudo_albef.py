@@ -1,5 +1,6 @@
 # Copyright (c) det_ext authors.
 """ALBEF model, checkpoint formats, tokenizer and cross-attention Grad-CAM."""
+
 import numpy as np
 import pytest
 import torch
@@ -11,14 +12,45 @@ from det_ext.pseudo.checkpoint import CheckpointError, load_albef_checkpoint
 from det_ext.pseudo.testing import random_albef_checkpoint
 from det_ext.pseudo.text import WordPieceTokenizer, clean_caption
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle", "##s", "dark", "blue",
-         "square", "hot", "dog", "and", "two", "un", "##believ", "##able"]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "a",
+    "red",
+    "circle",
+    "##s",
+    "dark",
+    "blue",
+    "square",
+    "hot",
+    "dog",
+    "and",
+    "two",
+    "un",
+    "##believ",
+    "##able",
+]
 
 
 def tiny_cfg(**kw):
-    base = dict(image_size=32, patch_size=8, vision_width=32, vision_depth=2, vision_heads=2,
-                vocab_size=len(VOCAB), hidden_size=32, num_layers=4, num_heads=2,
-                intermediate_size=64, fusion_layer=1, max_position=40, embed_dim=16)
+    base = dict(
+        image_size=32,
+        patch_size=8,
+        vision_width=32,
+        vision_depth=2,
+        vision_heads=2,
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_layers=4,
+        num_heads=2,
+        intermediate_size=64,
+        fusion_layer=1,
+        max_position=40,
+        embed_dim=16,
+    )
     base.update(kw)
     return AlbefConfig(**base)
 
@@ -26,7 +58,16 @@ def tiny_cfg(**kw):
 def test_tokenizer_wordpiece_and_truncation():
     tok = WordPieceTokenizer(VOCAB)
     assert tok.tokenize("Two RED circles, unbelievable!") == [
-        "two", "red", "circle", "##s", "[UNK]", "un", "##believ", "##able", "[UNK]"]
+        "two",
+        "red",
+        "circle",
+        "##s",
+        "[UNK]",
+        "un",
+        "##believ",
+        "##able",
+        "[UNK]",
+    ]
     ids, mask = tok.encode(["a red circle and a dark blue square", "dog"], max_length=5)
     assert ids.shape == (2, 5)
     assert ids[0].tolist() == [2, 5, 6, 7, 3]  # explicitly truncated, [SEP] kept
@@ -53,8 +94,13 @@ def test_checkpoint_formats_roundtrip(tmp_path, pretrain_format):
         ids = torch.tensor([[2, 5, 6, 7, 3], [2, 13, 3, 0, 0]])
         mask = (ids > 0).long()
         ref_model = AlbefITM(AlbefConfig(**{**cfg.to_dict(), "embed_dim": 0}))
-        ref_model.load_state_dict({k: v for k, v in ref.state_dict().items()
-                                   if not k.startswith(("vision_proj", "text_proj", "temp"))})
+        ref_model.load_state_dict(
+            {
+                k: v
+                for k, v in ref.state_dict().items()
+                if not k.startswith(("vision_proj", "text_proj", "temp"))
+            }
+        )
         torch.testing.assert_close(model(img, ids, mask), ref_model.eval()(img, ids, mask))
         assert config["tokenizer_vocab"] == VOCAB
 
@@ -65,7 +111,9 @@ def test_checkpoint_errors(tmp_path):
     obj = torch.load(path, weights_only=False)
     del obj["model"]["text_encoder.bert.encoder.layer.2.crossattention.self.key.weight"]
     torch.save(obj, tmp_path / "missing.pth")
-    with pytest.raises(CheckpointError, match="missing keys.*layer.2.crossattention.self.key.weight"):
+    with pytest.raises(
+        CheckpointError, match="missing keys.*layer.2.crossattention.self.key.weight"
+    ):
         load_albef_checkpoint(str(tmp_path / "missing.pth"))
     obj = torch.load(path, weights_only=False)
     obj["model"]["itm_head.weight"] = torch.zeros(3, 32)
@@ -75,7 +123,9 @@ def test_checkpoint_errors(tmp_path):
     (tmp_path / "corrupt.pth").write_bytes(open(path, "rb").read()[:1000])
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_albef_checkpoint(str(tmp_path / "corrupt.pth"))
-    torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(1)}}, tmp_path / "d2.pth")
+    torch.save(
+        {"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(1)}}, tmp_path / "d2.pth"
+    )
     with pytest.raises(CheckpointError, match="not an ALBEF checkpoint"):
         load_albef_checkpoint(str(tmp_path / "d2.pth"))
     with pytest.raises(CheckpointError, match="not found"):
@@ -87,7 +137,10 @@ def test_pos_embed_interpolation(tmp_path):
     random_albef_checkpoint(path, tiny_cfg())
     model, _ = load_albef_checkpoint(path, image_size=48)
     assert model.visual_encoder.pos_embed.shape == (1, 37, 32)
-    assert model(torch.randn(1, 3, 48, 48), torch.tensor([[2, 5, 3]]), torch.ones(1, 3)).shape == (1, 2)
+    assert model(torch.randn(1, 3, 48, 48), torch.tensor([[2, 5, 3]]), torch.ones(1, 3)).shape == (
+        1,
+        2,
+    )
     pe = torch.randn(1, 17, 4)
     torch.testing.assert_close(interpolate_pos_embed(pe, 16), pe)
 
@@ -101,7 +154,9 @@ def test_gradcam_batched_equals_per_image_and_manual(tmp_path):
     images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
     caps = ["a red circle and a dark blue square", "two hot dog", "a blue square"]
     batched = AlbefBackend(model, tok, cam_fusion_layer=1).token_cams(images, caps)
-    per_image = AlbefBackend(model, tok, cam_fusion_layer=1, per_image=True).token_cams(images, caps)
+    per_image = AlbefBackend(model, tok, cam_fusion_layer=1, per_image=True).token_cams(
+        images, caps
+    )
     assert batched.shape == (3, 10, 4, 4)
     torch.testing.assert_close(batched, per_image, rtol=1e-5, atol=1e-9)
     assert batched[1:, 6:].abs().sum() == 0 and batched.sum() > 0  # padding rows masked
@@ -116,7 +171,7 @@ def test_gradcam_batched_equals_per_image_and_manual(tmp_path):
     a = attn.attention_probs.detach()
     attn.save_attention = False
     manual = (a[0, :, :, 1:] * g[0, :, :, 1:].clamp(min=0)).mean(0).reshape(-1, 4, 4)
-    torch.testing.assert_close(batched[2, :ids.shape[1]], manual, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(batched[2, : ids.shape[1]], manual, rtol=1e-4, atol=1e-7)
     # the last fusion layer's word rows get no gradient from the [CLS] score
     last = AlbefBackend(model, tok, cam_fusion_layer=2).token_cams(images, caps)
     assert last[:, 1:].abs().max() == 0

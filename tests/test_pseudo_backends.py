@@ -1,5 +1,6 @@
 # Copyright (c) det_ext authors.
 """BLIP (transformers) and CLIP (open_clip) backends on tiny random models saved in real formats."""
+
 import json
 
 import numpy as np
@@ -34,13 +35,28 @@ def blip_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("blip")
     vocab = list(SPECIAL_TOKENS) + WORDS
     config = BlipConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "num_hidden_layers": 3,
-                     "num_attention_heads": 2, "intermediate_size": 64, "encoder_hidden_size": 32,
-                     "max_position_embeddings": 40, "pad_token_id": 0, "bos_token_id": 2,
-                     "sep_token_id": 3},
-        vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "intermediate_size": 64, "image_size": 32, "patch_size": 8},
-        image_text_hidden_size=16)
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "encoder_hidden_size": 32,
+            "max_position_embeddings": 40,
+            "pad_token_id": 0,
+            "bos_token_id": 2,
+            "sep_token_id": 3,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        image_text_hidden_size=16,
+    )
     torch.manual_seed(0)
     BlipForImageTextRetrieval(config).save_pretrained(str(folder))
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -48,8 +64,13 @@ def blip_dir(tmp_path_factory):
 
 
 def test_blip_backend_maps(blip_dir):
-    cfg = _cfg(**{"PSEUDO.BACKEND": "BlipBackend", "PSEUDO.BLIP.MODEL_DIR": blip_dir,
-                  "PSEUDO.BLIP.CAM_LAYER": "1"})
+    cfg = _cfg(
+        **{
+            "PSEUDO.BACKEND": "BlipBackend",
+            "PSEUDO.BLIP.MODEL_DIR": blip_dir,
+            "PSEUDO.BLIP.CAM_LAYER": "1",
+        }
+    )
     backend = build_backend(cfg)
     caps = ["a red circle and a blue square", "a dark red circle"]
     spans = [[(2, 4), (6, 8)], [(2, 5)]]
@@ -63,8 +84,15 @@ def test_blip_backend_maps(blip_dir):
     cams = backend.token_cams(_images(1, 48), ["a red circle"])
     assert cams.shape == (1, 5, 4, 4)
     with pytest.raises(Exception, match="CAM_LAYER 7"):
-        build_backend(_cfg(**{"PSEUDO.BACKEND": "BlipBackend", "PSEUDO.BLIP.MODEL_DIR": blip_dir,
-                              "PSEUDO.BLIP.CAM_LAYER": "7"}))
+        build_backend(
+            _cfg(
+                **{
+                    "PSEUDO.BACKEND": "BlipBackend",
+                    "PSEUDO.BLIP.MODEL_DIR": blip_dir,
+                    "PSEUDO.BLIP.CAM_LAYER": "7",
+                }
+            )
+        )
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +100,23 @@ def clip_files(tmp_path_factory):
     from open_clip.model import CLIP
 
     folder = tmp_path_factory.mktemp("clip")
-    model_cfg = {"embed_dim": 16,
-                 "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2,
-                                "head_width": 16},
-                 "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
-                              "layers": 2}}
+    model_cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {
+            "image_size": 32,
+            "patch_size": 8,
+            "width": 32,
+            "layers": 2,
+            "head_width": 16,
+        },
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 2,
+        },
+    }
     (folder / "tiny_clip.json").write_text(json.dumps(model_cfg))
     torch.manual_seed(0)
     torch.save(CLIP(**model_cfg).state_dict(), folder / "tiny_clip.pt")
@@ -85,8 +125,13 @@ def clip_files(tmp_path_factory):
 
 def test_clip_backend_maps(clip_files, tmp_path):
     cfg_file, ckpt = clip_files
-    cfg = _cfg(**{"PSEUDO.BACKEND": "ClipBackend", "PSEUDO.CLIP.MODEL_NAME": cfg_file,
-                  "PSEUDO.CLIP.CHECKPOINT": ckpt})
+    cfg = _cfg(
+        **{
+            "PSEUDO.BACKEND": "ClipBackend",
+            "PSEUDO.CLIP.MODEL_NAME": cfg_file,
+            "PSEUDO.CLIP.CHECKPOINT": ckpt,
+        }
+    )
     backend = build_backend(cfg)
     assert backend.tokenize("A red circle") == ["a", "red", "circle"]
     caps = ["a red circle and a blue square", "a dark red circle"]
@@ -100,5 +145,12 @@ def test_clip_backend_maps(clip_files, tmp_path):
     assert not torch.equal(maps[0][0], maps[0][1])  # the word changes the map
     torch.save({"visual.conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pt")
     with pytest.raises(CheckpointError, match="not a loadable"):
-        build_backend(_cfg(**{"PSEUDO.BACKEND": "ClipBackend", "PSEUDO.CLIP.MODEL_NAME": cfg_file,
-                              "PSEUDO.CLIP.CHECKPOINT": str(tmp_path / "wrong.pt")}))
+        build_backend(
+            _cfg(
+                **{
+                    "PSEUDO.BACKEND": "ClipBackend",
+                    "PSEUDO.CLIP.MODEL_NAME": cfg_file,
+                    "PSEUDO.CLIP.CHECKPOINT": str(tmp_path / "wrong.pt"),
+                }
+            )
+        )

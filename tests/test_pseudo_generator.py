@@ -1,5 +1,6 @@
 # Copyright (c) det_ext authors.
 """End-to-end generation on the tiny LT-Shapes world: output format, resume, shards, bad input."""
+
 import json
 import os
 import shutil
@@ -33,9 +34,21 @@ def world(tiny_world, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pseudo")
     caps = json.load(open(meta.captions_file))
     vocab = build_word_vocab([c for e in caps for c in e["captions"]])
-    cfg = AlbefConfig(image_size=64, patch_size=8, vision_width=32, vision_depth=1, vision_heads=2,
-                      vocab_size=len(vocab), hidden_size=32, num_layers=4, num_heads=2,
-                      intermediate_size=64, fusion_layer=1, max_position=48, embed_dim=0)
+    cfg = AlbefConfig(
+        image_size=64,
+        patch_size=8,
+        vision_width=32,
+        vision_depth=1,
+        vision_heads=2,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_layers=4,
+        num_heads=2,
+        intermediate_size=64,
+        fusion_layer=1,
+        max_position=48,
+        embed_dim=0,
+    )
     ckpt = str(tmp / "tiny.pth")
     random_albef_checkpoint(ckpt, cfg, vocab)
     gt = json.load(open(meta.json_file))
@@ -52,8 +65,16 @@ def world(tiny_world, tmp_path_factory):
         props[str(im["id"])] = rows
     prop_file = str(tmp / "props.json")
     json.dump(props, open(prop_file, "w"))
-    return {"folder": folder, "meta": meta, "ckpt": ckpt, "props": prop_file, "tmp": tmp,
-            "captions": meta.captions_file, "vocab": meta.vocab_file, "json": meta.json_file}
+    return {
+        "folder": folder,
+        "meta": meta,
+        "ckpt": ckpt,
+        "props": prop_file,
+        "tmp": tmp,
+        "captions": meta.captions_file,
+        "vocab": meta.vocab_file,
+        "json": meta.json_file,
+    }
 
 
 def make_cfg(world, **over):
@@ -69,9 +90,16 @@ def make_cfg(world, **over):
 
 
 def run(world, out, captions=None, **kw):
-    return generate_pseudo_boxes(make_cfg(world), captions or world["captions"], world["vocab"], out,
-                                 image_root=world["folder"], dataset_json=world["json"],
-                                 progress=False, **kw)
+    return generate_pseudo_boxes(
+        make_cfg(world),
+        captions or world["captions"],
+        world["vocab"],
+        out,
+        image_root=world["folder"],
+        dataset_json=world["json"],
+        progress=False,
+        **kw
+    )
 
 
 def test_output_is_registrable_lvis_json(world):
@@ -84,27 +112,44 @@ def test_output_is_registrable_lvis_json(world):
     assert {c["id"] for c in data["categories"]} == cat_ids
     props = json.load(open(world["props"]))
     for a in data["annotations"]:
-        assert a["category_id"] in cat_ids and 0 < a["pseudo_score"] <= 1 and "segmentation" not in a
+        assert (
+            a["category_id"] in cat_ids and 0 < a["pseudo_score"] <= 1 and "segmentation" not in a
+        )
         x, y, w, h = a["bbox"]
-        assert any(np.allclose([x, y, x + w, y + h], np.clip(p[:4], 0, 64), atol=0.01)
-                   for p in props[str(a["image_id"])])
+        assert any(
+            np.allclose([x, y, x + w, y + h], np.clip(p[:4], 0, 64), atol=0.01)
+            for p in props[str(a["image_id"])]
+        )
     register_lvis_format_dataset("pseudo_test_out", out, data["info"]["image_root"])
     dicts = DatasetCatalog.get("pseudo_test_out")
     assert len(dicts) == 16 and sum(len(d["annotations"]) for d in dicts) == report["boxes"]
     assert os.path.isfile(dicts[0]["file_name"])
     # batched and per-image (reference loop) generation agree
     ref = str(world["tmp"] / "ref.json")
-    generate_pseudo_boxes(make_cfg(world, **{"PSEUDO.PER_IMAGE_REFERENCE": "True"}),
-                          world["captions"], world["vocab"], ref,
-                          image_root=world["folder"], dataset_json=world["json"], progress=False)
+    generate_pseudo_boxes(
+        make_cfg(world, **{"PSEUDO.PER_IMAGE_REFERENCE": "True"}),
+        world["captions"],
+        world["vocab"],
+        ref,
+        image_root=world["folder"],
+        dataset_json=world["json"],
+        progress=False,
+    )
     assert json.load(open(ref))["annotations"] == data["annotations"]
 
 
 def test_text_embeddings(world):
     out = str(world["tmp"] / "emb.json")
-    generate_pseudo_boxes(make_cfg(world), world["captions"], world["vocab"], out,
-                          image_root=world["folder"], dataset_json=world["json"], progress=False,
-                          text_embeddings=True)
+    generate_pseudo_boxes(
+        make_cfg(world),
+        world["captions"],
+        world["vocab"],
+        out,
+        image_root=world["folder"],
+        dataset_json=world["json"],
+        progress=False,
+        text_embeddings=True,
+    )
     cats = json.load(open(out))["categories"]
     vecs = np.array([c["embedding"]["AlbefBackend"] for c in cats])
     assert vecs.shape == (8, 32)
@@ -136,9 +181,15 @@ def test_resume_and_shards_give_identical_json(world):
     assert json.load(open(sharded)) == json.load(open(full))
     # other settings on existing shard files are refused, not mixed
     with pytest.raises(DetExtInputError, match="other inputs or settings"):
-        generate_pseudo_boxes(make_cfg(world, **{"PSEUDO.SELECTION.ALPHA": 1.0}), world["captions"],
-                              world["vocab"], out, image_root=world["folder"],
-                              dataset_json=world["json"], progress=False)
+        generate_pseudo_boxes(
+            make_cfg(world, **{"PSEUDO.SELECTION.ALPHA": 1.0}),
+            world["captions"],
+            world["vocab"],
+            out,
+            image_root=world["folder"],
+            dataset_json=world["json"],
+            progress=False,
+        )
 
 
 def test_bad_input_is_counted_not_fatal(world):
@@ -163,21 +214,48 @@ def test_bad_input_is_counted_not_fatal(world):
 
 
 def _cli(world, out, ckpt=None, extra=()):
-    return [sys.executable, os.path.join(REPO, "tools", "generate_pseudo_boxes.py"),
-            "--config", os.path.join(REPO, "configs/pseudo/Base-Pseudo-ALBEF.yaml"),
-            "--captions", world["captions"], "--vocab", world["vocab"], "--out", out,
-            "--dataset-json", world["json"], "--image-root", world["folder"], "--no-progress",
-            "PSEUDO.ALBEF.CHECKPOINT", ckpt or world["ckpt"], "PSEUDO.ALBEF.IMAGE_SIZE", "64",
-            "PSEUDO.ALBEF.CAM_FUSION_LAYER", "1", "PSEUDO.ALBEF.MAX_TEXT_LEN", "40",
-            "PSEUDO.PROPOSALS.FILE", world["props"], "PSEUDO.BATCH_SIZE", "1", *extra]
+    return [
+        sys.executable,
+        os.path.join(REPO, "tools", "generate_pseudo_boxes.py"),
+        "--config",
+        os.path.join(REPO, "configs/pseudo/Base-Pseudo-ALBEF.yaml"),
+        "--captions",
+        world["captions"],
+        "--vocab",
+        world["vocab"],
+        "--out",
+        out,
+        "--dataset-json",
+        world["json"],
+        "--image-root",
+        world["folder"],
+        "--no-progress",
+        "PSEUDO.ALBEF.CHECKPOINT",
+        ckpt or world["ckpt"],
+        "PSEUDO.ALBEF.IMAGE_SIZE",
+        "64",
+        "PSEUDO.ALBEF.CAM_FUSION_LAYER",
+        "1",
+        "PSEUDO.ALBEF.MAX_TEXT_LEN",
+        "40",
+        "PSEUDO.PROPOSALS.FILE",
+        world["props"],
+        "PSEUDO.BATCH_SIZE",
+        "1",
+        *extra,
+    ]
 
 
 def test_cli_bad_checkpoints_exit_2(world):
     bad = world["tmp"] / "corrupt.pth"
     bad.write_bytes(open(world["ckpt"], "rb").read()[:500])
     for ckpt, msg in ((bad, "cannot read checkpoint"),):
-        p = subprocess.run(_cli(world, str(world["tmp"] / "x.json"), str(ckpt)), capture_output=True,
-                           text=True, cwd=REPO)
+        p = subprocess.run(
+            _cli(world, str(world["tmp"] / "x.json"), str(ckpt)),
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
         assert p.returncode == 2, p.stderr[-2000:]
         assert p.stderr.strip().splitlines()[-1].startswith("error: ") and msg in p.stderr
 
@@ -190,7 +268,9 @@ def test_cli_killed_and_resumed(world):
     assert run_ref.returncode == 0, run_ref.stderr[-2000:]
     out = str(world["tmp"] / "cli_killed.json")
     shard = out + ".shards/shard-0000-of-0001.jsonl"
-    proc = subprocess.Popen(_cli(world, out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(world, out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         if os.path.isfile(shard) and open(shard).read().count("\n") >= 4:

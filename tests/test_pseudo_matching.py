@@ -1,5 +1,6 @@
 # Copyright (c) det_ext authors.
 """Caption-to-category matching and box selection."""
+
 import json
 
 import numpy as np
@@ -12,18 +13,43 @@ from det_ext.pseudo.selection import merge_maps, normalize_map, select_boxes
 from det_ext.pseudo.text import SPECIAL_TOKENS, WordPieceTokenizer
 from det_ext.utils.errors import DatasetFormatError
 
-WORDS = ["a", "red", "circle", "circles", "dark", "hot", "dog", "dogs", "three", "and", "disc", "discs",
-         "box", "boxes", "the", "scarlet", "two", "puppy"]
+WORDS = [
+    "a",
+    "red",
+    "circle",
+    "circles",
+    "dark",
+    "hot",
+    "dog",
+    "dogs",
+    "three",
+    "and",
+    "disc",
+    "discs",
+    "box",
+    "boxes",
+    "the",
+    "scarlet",
+    "two",
+    "puppy",
+]
 
 
 @pytest.fixture
 def matcher(tmp_path):
     path = tmp_path / "vocab.json"
-    path.write_text(json.dumps({"red circle": ["red disc"], "dark red circle": [], "dog": [],
-                                "hot dog": [], "box": []}))
-    cats = [{"id": 7, "name": "red circle", "synonyms": ["scarlet circle"]},
-            {"id": 3, "name": "dark red circle"}, {"id": 1, "name": "dog", "synonyms": ["puppy"]},
-            {"id": 2, "name": "hot dog"}, {"id": 9, "name": "box"}]
+    path.write_text(
+        json.dumps(
+            {"red circle": ["red disc"], "dark red circle": [], "dog": [], "hot dog": [], "box": []}
+        )
+    )
+    cats = [
+        {"id": 7, "name": "red circle", "synonyms": ["scarlet circle"]},
+        {"id": 3, "name": "dark red circle"},
+        {"id": 1, "name": "dog", "synonyms": ["puppy"]},
+        {"id": 2, "name": "hot dog"},
+        {"id": 9, "name": "box"},
+    ]
     vocab = Vocabulary.load(str(path), cats)
     tok = WordPieceTokenizer(list(SPECIAL_TOKENS) + WORDS)
     return tok, vocab
@@ -60,11 +86,18 @@ def test_all_occurrences_longest_counts_and_truncation(matcher):
     found = m.match(tok.tokenize(caption))
     got = [(x.category_id, x.form, x.left, x.right, x.count) for x in found]
     # [CLS] is position 0, so "red circles" (tokens 1-2) is span [2, 4)
-    assert got == [(7, "red circles", 2, 4, 3), (3, "dark red circle", 6, 9, 1),
-                   (7, "scarlet circle", 11, 13, 1), (7, "red discs", 15, 17, 1)]
+    assert got == [
+        (7, "red circles", 2, 4, 3),
+        (3, "dark red circle", 6, 9, 1),
+        (7, "scarlet circle", 11, 13, 1),
+        (7, "red discs", 15, 17, 1),
+    ]
     first_only = CaptionMatcher(vocab, tok.tokenize, all_occurrences=False, prefer_longest=False)
     got = {(x.category_id, x.left) for x in first_only.match(tok.tokenize(caption))}
-    assert (7, 7) in got and (3, 6) in got  # reference behaviour: "red circle" inside "dark red circle"
+    assert (7, 7) in got and (
+        3,
+        6,
+    ) in got  # reference behaviour: "red circle" inside "dark red circle"
     assert [x.left for x in m.match(tok.tokenize(caption), max_tokens=11)] == [2, 6]
 
 
@@ -99,14 +132,18 @@ def test_select_boxes_hand_computed():
     act = np.zeros((10, 10))
     act[2:4, 2:4] = 1.0  # mass 4
     act[6:10, 6:10] = 0.5  # mass 8
-    props = np.array([[2, 2, 4, 4, 0.9],    # 4 / 2 = 2.0
-                      [6, 6, 10, 10, 0.1],  # 8 / 4 = 2.0 + tie broken by order -> first
-                      [0, 0, 10, 10, 0.5],  # 12 / 10 = 1.2
-                      [6, 6, 12, 12, 0.5]])  # clipped to [6, 6, 10, 10]
-    (box, cov), = select_boxes(act, props, alpha=0.5)
+    props = np.array(
+        [
+            [2, 2, 4, 4, 0.9],  # 4 / 2 = 2.0
+            [6, 6, 10, 10, 0.1],  # 8 / 4 = 2.0 + tie broken by order -> first
+            [0, 0, 10, 10, 0.5],  # 12 / 10 = 1.2
+            [6, 6, 12, 12, 0.5],
+        ]
+    )  # clipped to [6, 6, 10, 10]
+    ((box, cov),) = select_boxes(act, props, alpha=0.5)
     np.testing.assert_allclose(box, [2, 2, 4, 4])
     assert cov == pytest.approx(4 / 12)
-    (box, cov), = select_boxes(act, props, alpha=0.0)  # sum only: the whole image wins
+    ((box, cov),) = select_boxes(act, props, alpha=0.0)  # sum only: the whole image wins
     np.testing.assert_allclose(box, [0, 0, 10, 10]) and cov == pytest.approx(1.0)
     two = select_boxes(act, props, alpha=0.5, max_boxes=3)
     np.testing.assert_allclose([b for b, _ in two], [[2, 2, 4, 4], [6, 6, 10, 10]])
@@ -118,19 +155,29 @@ def test_select_boxes_hand_computed():
 def test_quality_hand_computed():
     from det_ext.pseudo.quality import evaluate_pseudo_boxes
 
-    gt = {"categories": [{"id": 1, "frequency": "f"}, {"id": 2, "frequency": "r"}],
-          "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
-                          {"image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10]},
-                          {"image_id": 1, "category_id": 2, "bbox": [50, 50, 10, 10]},
-                          {"image_id": 2, "category_id": 2, "bbox": [0, 0, 4, 4]}]}
-    pseudo = {"images": [{"id": 1}],
-              "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 5], "pseudo_score": .9},
-                              {"image_id": 1, "category_id": 1, "bbox": [1, 0, 10, 10], "pseudo_score": .5},
-                              {"image_id": 1, "category_id": 2, "bbox": [20, 20, 10, 10], "pseudo_score": .5}]}
+    gt = {
+        "categories": [{"id": 1, "frequency": "f"}, {"id": 2, "frequency": "r"}],
+        "annotations": [
+            {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
+            {"image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10]},
+            {"image_id": 1, "category_id": 2, "bbox": [50, 50, 10, 10]},
+            {"image_id": 2, "category_id": 2, "bbox": [0, 0, 4, 4]},
+        ],
+    }
+    pseudo = {
+        "images": [{"id": 1}],
+        "annotations": [
+            {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 5], "pseudo_score": 0.9},
+            {"image_id": 1, "category_id": 1, "bbox": [1, 0, 10, 10], "pseudo_score": 0.5},
+            {"image_id": 1, "category_id": 2, "bbox": [20, 20, 10, 10], "pseudo_score": 0.5},
+        ],
+    }
     r = evaluate_pseudo_boxes(pseudo, gt)
     # box 1: IoU 0.5 with GT 1 -> TP; box 2: GT 1 taken, IoU 0 with GT 2 -> FP; box 3: wrong place
     assert r["num_true_positive"] == 1 and r["num_pseudo"] == 3 and r["num_gt"] == 3
-    assert r["precision_iou50"] == pytest.approx(1 / 3) and r["recall_iou50"] == pytest.approx(1 / 3)
+    assert r["precision_iou50"] == pytest.approx(1 / 3) and r["recall_iou50"] == pytest.approx(
+        1 / 3
+    )
     assert r["mean_iou"] == pytest.approx(0.5)
     assert r["mean_best_iou"] == pytest.approx((0.5 + 90 / 110 + 0) / 3)
     assert r["by_group"]["r"]["precision_iou50"] == 0 and r["by_group"]["f"]["recall_iou50"] == 0.5

@@ -1,5 +1,6 @@
 # Copyright (c) det_ext authors.
 """Proposal sources: a Detectron2 model (RPN / detector mode) and precomputed files."""
+
 import json
 import os
 
@@ -10,8 +11,12 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from det_ext.config import add_det_ext_config
-from det_ext.pseudo.proposals import (NoProposals, PrecomputedProposals, build_proposal_source,
-                                      dump_proposals)
+from det_ext.pseudo.proposals import (
+    NoProposals,
+    PrecomputedProposals,
+    build_proposal_source,
+    dump_proposals,
+)
 from det_ext.utils.errors import ConfigInputError, DatasetFormatError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,13 +44,21 @@ def _cfg(**kw):
 
 @pytest.mark.parametrize("mode", ["rpn", "detector"])
 def test_model_proposals(weights, mode):
-    source = build_proposal_source(_cfg(**{"PSEUDO.PROPOSALS.CONFIG_FILE": BASELINE,
-                                           "PSEUDO.PROPOSALS.WEIGHTS": weights,
-                                           "PSEUDO.PROPOSALS.MODE": mode,
-                                           "PSEUDO.PROPOSALS.TOPK": "7"}))
+    source = build_proposal_source(
+        _cfg(
+            **{
+                "PSEUDO.PROPOSALS.CONFIG_FILE": BASELINE,
+                "PSEUDO.PROPOSALS.WEIGHTS": weights,
+                "PSEUDO.PROPOSALS.MODE": mode,
+                "PSEUDO.PROPOSALS.TOPK": "7",
+            }
+        )
+    )
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (96, 80, 3), dtype=np.uint8),
-              rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)]
+    images = [
+        rng.integers(0, 255, (96, 80, 3), dtype=np.uint8),
+        rng.integers(0, 255, (64, 64, 3), dtype=np.uint8),
+    ]
     out = source([1, 2], images)
     assert len(out) == 2
     for p, img in zip(out, images):
@@ -59,8 +72,14 @@ def test_proposal_config_errors(weights, tmp_path):
     with pytest.raises(ConfigInputError, match="set FILE"):
         build_proposal_source(_cfg())
     with pytest.raises(ConfigInputError, match="not found"):
-        build_proposal_source(_cfg(**{"PSEUDO.PROPOSALS.CONFIG_FILE": BASELINE,
-                                      "PSEUDO.PROPOSALS.WEIGHTS": str(tmp_path / "none.pth")}))
+        build_proposal_source(
+            _cfg(
+                **{
+                    "PSEUDO.PROPOSALS.CONFIG_FILE": BASELINE,
+                    "PSEUDO.PROPOSALS.WEIGHTS": str(tmp_path / "none.pth"),
+                }
+            )
+        )
     (tmp_path / "bad.json").write_text("[1")
     with pytest.raises(DatasetFormatError, match="malformed"):
         PrecomputedProposals(str(tmp_path / "bad.json"))

@@ -10,6 +10,7 @@ Resumable: results go batch by batch to ``OUT.shards/``; rerun the same command 
 Sharded: ``--shard i/n`` on n processes or machines (shared folder); the last shard to finish writes
 OUT, or run ``--merge`` once all are done. Trailing ``KEY VALUE`` pairs override the config.
 """
+
 import argparse
 import logging
 import sys
@@ -21,7 +22,12 @@ from det_ext.config import add_det_ext_config
 from det_ext.engine import run_cli
 from det_ext.pseudo.inputs import read_captions
 from det_ext.pseudo.matching import Vocabulary
-from det_ext.pseudo.pipeline import dataset_categories, generate_pseudo_boxes, generator_settings, try_merge
+from det_ext.pseudo.pipeline import (
+    dataset_categories,
+    generate_pseudo_boxes,
+    generator_settings,
+    try_merge,
+)
 from det_ext.utils.errors import ConfigInputError
 
 
@@ -57,26 +63,46 @@ def main(args: argparse.Namespace) -> None:
         if report is None:
             raise ConfigInputError(f"--merge: not every shard of {args.out} is finished")
     else:
-        report = generate_pseudo_boxes(cfg, args.captions, args.vocab, args.out, args.image_root,
-                                       args.dataset_json, shard, progress=not args.no_progress,
-                                       text_embeddings=args.text_embeddings)
+        report = generate_pseudo_boxes(
+            cfg,
+            args.captions,
+            args.vocab,
+            args.out,
+            args.image_root,
+            args.dataset_json,
+            shard,
+            progress=not args.no_progress,
+            text_embeddings=args.text_embeddings,
+        )
     if report is not None:
         logging.getLogger("det_ext").info("Report: %s", report)
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", required=True, help="det_ext config with PSEUDO keys")
-    p.add_argument("--captions", required=True, help="[{image_id, file_name, captions}] or LVIS JSON")
+    p.add_argument(
+        "--captions", required=True, help="[{image_id, file_name, captions}] or LVIS JSON"
+    )
     p.add_argument("--vocab", required=True, help="{category: [surface forms]} JSON")
     p.add_argument("--out", required=True, help="output COCO-format JSON")
-    p.add_argument("--image-root", default=None, help="folder of file_name (default: captions folder)")
-    p.add_argument("--dataset-json", default=None,
-                   help="LVIS/COCO JSON whose categories give ids, synonyms and plurals")
+    p.add_argument(
+        "--image-root", default=None, help="folder of file_name (default: captions folder)"
+    )
+    p.add_argument(
+        "--dataset-json",
+        default=None,
+        help="LVIS/COCO JSON whose categories give ids, synonyms and plurals",
+    )
     p.add_argument("--shard", default="0/1", help="i/n: process every n-th image from the i-th")
     p.add_argument("--merge", action="store_true", help="only merge finished shards into --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--text-embeddings", action="store_true",
-                   help="store the backend's text embedding of every category name")
+    p.add_argument(
+        "--text-embeddings",
+        action="store_true",
+        help="store the backend's text embedding of every category name",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     run_cli(main, p.parse_args())

@@ -8,6 +8,7 @@
 The checkpoint (``OUT/tiny_albef.pth``, ALBEF pre-training format) is what
 ``configs/LT-Shapes/pseudo_tiny_albef.yaml`` points to. Rerunning the command resumes.
 """
+
 import argparse
 import dataclasses
 import logging
@@ -33,18 +34,37 @@ def main(args: argparse.Namespace) -> None:
         raise ConfigInputError(f"--dataset: unknown LT-Shapes dataset '{args.dataset}'")
     folder = ensure_lt_shapes_generated(args.dataset)
     meta = MetadataCatalog.get(args.dataset)
-    opts = TinyVLOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TinyVLOptions)
-                            if getattr(args, f.name, None) is not None})
-    train_tiny_vl(meta.captions_file, folder, meta.vocab_file, args.out, opts,
-                  dataset_json=meta.json_file, resume=not args.no_resume)
+    opts = TinyVLOptions(
+        **{
+            f.name: getattr(args, f.name)
+            for f in dataclasses.fields(TinyVLOptions)
+            if getattr(args, f.name, None) is not None
+        }
+    )
+    train_tiny_vl(
+        meta.captions_file,
+        folder,
+        meta.vocab_file,
+        args.out,
+        opts,
+        dataset_json=meta.json_file,
+        resume=not args.no_resume,
+    )
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--dataset", default="lt_shapes_train", help="LT-Shapes training split name")
     p.add_argument("--out", default="output/pseudo_tiny_vl", help="output folder")
     p.add_argument("--no-resume", action="store_true", help="ignore OUT/last_state.pth")
     for f in dataclasses.fields(TinyVLOptions):
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=None,
-                       help=f"default {f.default}")
+        p.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=type(f.default),
+            default=None,
+            help=f"default {f.default}",
+        )
     run_cli(main, p.parse_args())

@@ -9,6 +9,7 @@
 Green: the pseudo box(es); red: ground-truth boxes of the same category (``--gt``); the heatmap is
 the normalised, thresholded map used for selection, recomputed with the config's backend.
 """
+
 import argparse
 import json
 import os
@@ -39,7 +40,11 @@ def main(args: argparse.Namespace) -> None:
     except (KeyError, ValueError, AssertionError, FileNotFoundError) as e:
         raise ConfigInputError(f"{args.config}: {e}") from None
     pseudo = read_dataset_json(args.pseudo)
-    root = args.image_root or pseudo.get("info", {}).get("image_root") or os.path.dirname(args.captions)
+    root = (
+        args.image_root
+        or pseudo.get("info", {}).get("image_root")
+        or os.path.dirname(args.captions)
+    )
     cats = dataset_categories(args.captions, args.gt)
     vocab = Vocabulary.load(args.vocab, cats or pseudo["categories"])
     names = {c["id"]: c["name"] for c in pseudo["categories"]}
@@ -55,14 +60,15 @@ def main(args: argparse.Namespace) -> None:
     os.makedirs(args.out_dir, exist_ok=True)
     written = 0
     for s in range(0, len(records), cfg.PSEUDO.BATCH_SIZE):
-        batch = records[s:s + cfg.PSEUDO.BATCH_SIZE]
+        batch = records[s : s + cfg.PSEUDO.BATCH_SIZE]
         acts = generator.activations(batch)
         by_id = {r.image_id: r for r in batch}
         for (image_id, cat_id), act in acts.items():
             image = load_rgb(os.path.join(root, by_id[image_id].file_name))
             title = f"{image_id} {names.get(cat_id, cat_id)}"
-            png = draw_pseudo_box(image, act, boxes.get((image_id, cat_id), []),
-                                  gt.get((image_id, cat_id), []), title)
+            png = draw_pseudo_box(
+                image, act, boxes.get((image_id, cat_id), []), gt.get((image_id, cat_id), []), title
+            )
             path = os.path.join(args.out_dir, f"{image_id}_{cat_id}.png")
             cv2.imwrite(path, png[:, :, ::-1])
             written += 1
@@ -70,7 +76,9 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--pseudo", required=True, help="pseudo-box JSON from generate_pseudo_boxes.py")
     p.add_argument("--captions", required=True)

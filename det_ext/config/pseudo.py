@@ -1,5 +1,6 @@
 # Copyright (c) det_ext authors.
 """Config keys of the pseudo-box generator (``det_ext.pseudo``, tools/generate_pseudo_boxes.py)."""
+
 from __future__ import annotations
 
 from detectron2.config import CfgNode as CN

@@ -2,11 +2,13 @@
 """An ALBEF image-text-matching model whose parameter names follow ALBEF's checkpoints.
 
 Structure (salesforce/ALBEF): a ViT visual encoder returning all tokens after its final norm; a BERT
-encoder whose first ``fusion_layer`` layers only self-attend (text encoder) and whose later layers add
-cross-attention to the image tokens (multimodal encoder); an ITM head (logit 1 = "match") on the
+encoder whose first ``fusion_layer`` layers only self-attend (text encoder) and whose later layers
+add cross-attention to the image tokens (multimodal encoder); an ITM head (logit 1 = "match") on the
 multimodal ``[CLS]``. ``vision_proj`` / ``text_proj`` / ``temp`` (contrastive head) are optional.
-The same code builds ALBEF-base (ViT-B/16 + BERT-base, 6 fusion layers) and the tiny LT-Shapes model.
+The same code builds ALBEF-base (ViT-B/16 + BERT-base, 6 fusion layers) and the tiny LT-Shapes
+model.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +30,8 @@ class AlbefConfig:
         image_size, patch_size: input resolution and ViT patch size (map side = image/patch).
         vision_width, vision_depth, vision_heads, mlp_ratio: the ViT.
         vocab_size, hidden_size, num_layers, num_heads, intermediate_size: the BERT encoder.
-        fusion_layer: index of the first layer with cross-attention (layers before it are text-only).
-        max_position: BERT position embeddings.
+        fusion_layer: index of the first layer with cross-attention (layers before it are
+        text-only). max_position: BERT position embeddings.
         embed_dim: contrastive projection size (0: no ``vision_proj``/``text_proj``/``temp``).
     """
 
@@ -109,12 +111,16 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, cfg: AlbefConfig):
         super().__init__()
-        n = cfg.map_size ** 2
+        n = cfg.map_size**2
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.vision_width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.vision_width))
         self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, cfg.vision_width))
         self.blocks = nn.ModuleList(
-            [Block(cfg.vision_width, cfg.vision_heads, cfg.mlp_ratio) for _ in range(cfg.vision_depth)])
+            [
+                Block(cfg.vision_width, cfg.vision_heads, cfg.mlp_ratio)
+                for _ in range(cfg.vision_depth)
+            ]
+        )
         self.norm = nn.LayerNorm(cfg.vision_width, eps=1e-6)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -122,8 +128,10 @@ class VisionTransformer(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(images)
         if x.shape[1] + 1 != self.pos_embed.shape[1]:
-            raise ValueError(f"image gives {x.shape[1]} patches but pos_embed has "
-                             f"{self.pos_embed.shape[1] - 1}; interpolate_pos_embed first")
+            raise ValueError(
+                f"image gives {x.shape[1]} patches but pos_embed has "
+                f"{self.pos_embed.shape[1] - 1}; interpolate_pos_embed first"
+            )
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         for blk in self.blocks:
             x = blk(x)
@@ -153,8 +161,11 @@ class BertEmbeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(pos)[None]
-             + self.token_type_embeddings(torch.zeros_like(input_ids)))
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(pos)[None]
+            + self.token_type_embeddings(torch.zeros_like(input_ids))
+        )
         return self.LayerNorm(x)
 
 
@@ -175,10 +186,15 @@ class BertSelfAttention(nn.Module):
         b, n, c = x.shape
         return x.view(b, n, self.heads, c // self.heads).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, mask_add: torch.Tensor,
-                context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask_add: torch.Tensor, context: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         ctx = x if context is None else context
-        q, k, v = self._split(self.query(x)), self._split(self.key(ctx)), self._split(self.value(ctx))
+        q, k, v = (
+            self._split(self.query(x)),
+            self._split(self.key(ctx)),
+            self._split(self.value(ctx)),
+        )
         if not self.save_attention:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_add)
         else:
@@ -240,7 +256,8 @@ class BertEncoder(nn.Module):
     def __init__(self, cfg: AlbefConfig):
         super().__init__()
         self.layer = nn.ModuleList(
-            [BertLayer(cfg, cross=i >= cfg.fusion_layer) for i in range(cfg.num_layers)])
+            [BertLayer(cfg, cross=i >= cfg.fusion_layer) for i in range(cfg.num_layers)]
+        )
 
 
 class FusionBert(nn.Module):
@@ -253,11 +270,16 @@ class FusionBert(nn.Module):
         self.embeddings = BertEmbeddings(cfg)
         self.encoder = BertEncoder(cfg)
 
-    def forward(self, input_ids: Optional[torch.Tensor], attention_mask: torch.Tensor,
-                image_embeds: Optional[torch.Tensor] = None, mode: str = "multi_modal",
-                text_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor],
+        attention_mask: torch.Tensor,
+        image_embeds: Optional[torch.Tensor] = None,
+        mode: str = "multi_modal",
+        text_embeds: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Returns the last hidden states [B, L, hidden]."""
-        mask_add = ((1.0 - attention_mask[:, None, None, :].float()) * -10000.0)
+        mask_add = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
         layers = range(self.cfg.num_layers)
         if mode == "text":
             layers = range(self.cfg.fusion_layer)
@@ -266,8 +288,14 @@ class FusionBert(nn.Module):
         x = self.embeddings(input_ids) if text_embeds is None else text_embeds
         image_mask_add = None
         if image_embeds is not None:
-            image_mask_add = torch.zeros(image_embeds.shape[0], 1, 1, image_embeds.shape[1],
-                                         device=image_embeds.device, dtype=x.dtype)
+            image_mask_add = torch.zeros(
+                image_embeds.shape[0],
+                1,
+                1,
+                image_embeds.shape[1],
+                device=image_embeds.device,
+                dtype=x.dtype,
+            )
         for i in layers:
             x = self.encoder.layer[i](x, mask_add.to(x.dtype), image_embeds, image_mask_add)
         return x
@@ -290,17 +318,21 @@ class AlbefITM(nn.Module):
     def cross_attention(self, layer: int) -> BertSelfAttention:
         """The cross-attention module of BERT layer ``layer`` (must be a fusion layer)."""
         if not self.cfg.fusion_layer <= layer < self.cfg.num_layers:
-            raise ValueError(f"layer {layer} has no cross-attention (fusion layers are "
-                             f"{self.cfg.fusion_layer}..{self.cfg.num_layers - 1})")
+            raise ValueError(
+                f"layer {layer} has no cross-attention (fusion layers are "
+                f"{self.cfg.fusion_layer}..{self.cfg.num_layers - 1})"
+            )
         return self.text_encoder.encoder.layer[layer].crossattention.self
 
-    def itm_logits(self, image_embeds: torch.Tensor, input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor) -> torch.Tensor:
+    def itm_logits(
+        self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """ITM logits [B, 2] for image tokens [B, 1+N, C] and texts [B, L]."""
         h = self.text_encoder(input_ids, attention_mask, image_embeds, mode="multi_modal")
         return self.itm_head(h[:, 0])
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """ITM logits [B, 2] for images [B, 3, H, W]."""
         return self.itm_logits(self.visual_encoder(images), input_ids, attention_mask)

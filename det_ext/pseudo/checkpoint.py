@@ -3,12 +3,13 @@
 
 Two layouts are accepted: the pre-training one (``{"model": state, "optimizer", "lr_scheduler",
 "config", "epoch"}``) and the fine-tuned one (the state dict itself, e.g. ``refcoco.pth``). Keys
-containing ``bert.`` lose that part (``text_encoder.bert.encoder...`` -> ``text_encoder.encoder...``);
-momentum copies (``*_m``), queues, the MLM head and other extra keys are ignored; every key the
-model needs must be present with the right shape, or loading fails with the list of problems.
-The architecture is read from the tensors' shapes (heads from ``config["det_ext_albef"]`` when the
-checkpoint records them, else width / 64 as in BERT and ViT-B).
+containing ``bert.`` lose that part (``text_encoder.bert.encoder...`` ->
+``text_encoder.encoder...``); momentum copies (``*_m``), queues, the MLM head and other extra keys
+are ignored; every key the model needs must be present with the right shape, or loading fails with
+the list of problems. The architecture is read from the tensors' shapes (heads from
+``config["det_ext_albef"]`` when the checkpoint records them, else width / 64 as in BERT and ViT-B).
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,12 @@ from det_ext.utils.errors import DetExtInputError
 
 from .albef import AlbefConfig, AlbefITM, interpolate_pos_embed
 
-__all__ = ["CheckpointError", "load_albef_checkpoint", "save_albef_checkpoint", "albef_config_from_state"]
+__all__ = [
+    "CheckpointError",
+    "load_albef_checkpoint",
+    "save_albef_checkpoint",
+    "albef_config_from_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,52 +56,74 @@ def _read(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     return state, config
 
 
-def albef_config_from_state(state: Dict[str, torch.Tensor], path: str = "checkpoint",
-                            heads: Optional[Dict[str, int]] = None) -> AlbefConfig:
+def albef_config_from_state(
+    state: Dict[str, torch.Tensor], path: str = "checkpoint", heads: Optional[Dict[str, int]] = None
+) -> AlbefConfig:
     """Infers an :class:`AlbefConfig` from an ALBEF state dict (``bert.`` already removed).
 
     Raises:
         CheckpointError: a key needed to infer the architecture is missing (e.g. a checkpoint of
             another model).
     """
-    needed = ("visual_encoder.pos_embed", "visual_encoder.patch_embed.proj.weight",
-              "text_encoder.embeddings.word_embeddings.weight",
-              "text_encoder.embeddings.position_embeddings.weight",
-              "text_encoder.encoder.layer.0.intermediate.dense.weight", "itm_head.weight")
+    needed = (
+        "visual_encoder.pos_embed",
+        "visual_encoder.patch_embed.proj.weight",
+        "text_encoder.embeddings.word_embeddings.weight",
+        "text_encoder.embeddings.position_embeddings.weight",
+        "text_encoder.encoder.layer.0.intermediate.dense.weight",
+        "itm_head.weight",
+    )
     missing = [k for k in needed if k not in state]
     if missing:
         raise CheckpointError(f"{path}: not an ALBEF checkpoint, missing keys {missing}")
     heads = heads or {}
-    vis_depth = 1 + max(int(m.group(1)) for k in state
-                        if (m := re.match(r"visual_encoder\.blocks\.(\d+)\.", k)))
-    layers = sorted({int(m.group(1)) for k in state
-                     if (m := re.match(r"text_encoder\.encoder\.layer\.(\d+)\.", k))})
-    cross = [i for i in layers if f"text_encoder.encoder.layer.{i}.crossattention.self.query.weight"
-             in state]
+    vis_depth = 1 + max(
+        int(m.group(1)) for k in state if (m := re.match(r"visual_encoder\.blocks\.(\d+)\.", k))
+    )
+    layers = sorted(
+        {
+            int(m.group(1))
+            for k in state
+            if (m := re.match(r"text_encoder\.encoder\.layer\.(\d+)\.", k))
+        }
+    )
+    cross = [
+        i
+        for i in layers
+        if f"text_encoder.encoder.layer.{i}.crossattention.self.query.weight" in state
+    ]
     patch_w = state["visual_encoder.patch_embed.proj.weight"]
     width, patch = patch_w.shape[0], patch_w.shape[-1]
     side = int(round((state["visual_encoder.pos_embed"].shape[1] - 1) ** 0.5))
     hidden = state["text_encoder.embeddings.word_embeddings.weight"].shape[1]
-    mlp_hidden = state.get("visual_encoder.blocks.0.mlp.fc1.weight", torch.empty(4 * width, 1)).shape[0]
+    mlp_hidden = state.get(
+        "visual_encoder.blocks.0.mlp.fc1.weight", torch.empty(4 * width, 1)
+    ).shape[0]
     proj = state.get("vision_proj.weight")
     return AlbefConfig(
-        image_size=side * patch, patch_size=patch, vision_width=width, vision_depth=vis_depth,
+        image_size=side * patch,
+        patch_size=patch,
+        vision_width=width,
+        vision_depth=vis_depth,
         vision_heads=int(heads.get("vision_heads", max(1, width // 64))),
         mlp_ratio=mlp_hidden / width,
         vocab_size=state["text_encoder.embeddings.word_embeddings.weight"].shape[0],
-        hidden_size=hidden, num_layers=len(layers),
+        hidden_size=hidden,
+        num_layers=len(layers),
         num_heads=int(heads.get("num_heads", max(1, hidden // 64))),
         intermediate_size=state["text_encoder.encoder.layer.0.intermediate.dense.weight"].shape[0],
         fusion_layer=min(cross) if cross else len(layers),
         max_position=state["text_encoder.embeddings.position_embeddings.weight"].shape[0],
-        type_vocab_size=state.get("text_encoder.embeddings.token_type_embeddings.weight",
-                                  torch.empty(2, 1)).shape[0],
+        type_vocab_size=state.get(
+            "text_encoder.embeddings.token_type_embeddings.weight", torch.empty(2, 1)
+        ).shape[0],
         embed_dim=0 if proj is None else proj.shape[0],
     )
 
 
-def load_albef_checkpoint(path: str, image_size: Optional[int] = None,
-                          with_itc: bool = False) -> Tuple[AlbefITM, Dict[str, Any]]:
+def load_albef_checkpoint(
+    path: str, image_size: Optional[int] = None, with_itc: bool = False
+) -> Tuple[AlbefITM, Dict[str, Any]]:
     """Builds an :class:`AlbefITM` from an ALBEF checkpoint.
 
     Args:
@@ -116,34 +144,55 @@ def load_albef_checkpoint(path: str, image_size: Optional[int] = None,
         cfg.embed_dim = 0
     if image_size is not None and image_size != cfg.image_size:
         if image_size % cfg.patch_size:
-            raise CheckpointError(f"image size {image_size} is not a multiple of the patch size "
-                                  f"{cfg.patch_size}")
+            raise CheckpointError(
+                f"image size {image_size} is not a multiple of the patch size " f"{cfg.patch_size}"
+            )
         state = dict(state)
         state["visual_encoder.pos_embed"] = interpolate_pos_embed(
-            state["visual_encoder.pos_embed"], (image_size // cfg.patch_size) ** 2)
+            state["visual_encoder.pos_embed"], (image_size // cfg.patch_size) ** 2
+        )
         cfg.image_size = image_size
     model = AlbefITM(cfg)
     expected = model.state_dict()
     missing = sorted(k for k in expected if k not in state)
-    wrong = sorted(f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-                   if k in state and state[k].shape != v.shape)
+    wrong = sorted(
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    )
     if missing or wrong:
-        raise CheckpointError(f"{path}: incompatible ALBEF checkpoint: missing keys "
-                              f"{_short(missing)}, wrong shapes {_short(wrong)}")
+        raise CheckpointError(
+            f"{path}: incompatible ALBEF checkpoint: missing keys "
+            f"{_short(missing)}, wrong shapes {_short(wrong)}"
+        )
     model.load_state_dict({k: state[k] for k in expected})
     ignored = [k for k in state if k not in expected]
-    logger.info("Loaded ALBEF checkpoint %s (%d tensors; %d extra keys ignored, e.g. momentum "
-                "and queues)", path, len(expected), len(ignored))
+    logger.info(
+        "Loaded ALBEF checkpoint %s (%d tensors; %d extra keys ignored, e.g. momentum "
+        "and queues)",
+        path,
+        len(expected),
+        len(ignored),
+    )
     return model.eval(), config
 
 
 def _short(items: Sequence[str], n: int = 8) -> str:
     items = list(items)
-    return "[]" if not items else str(items[:n])[:-1] + (f", ... {len(items) - n} more]" if len(items) > n else "]")
+    return (
+        "[]"
+        if not items
+        else str(items[:n])[:-1] + (f", ... {len(items) - n} more]" if len(items) > n else "]")
+    )
 
 
-def save_albef_checkpoint(model: AlbefITM, path: str, config: Optional[Dict[str, Any]] = None,
-                          pretrain_format: bool = True, extra: Optional[Dict[str, Any]] = None) -> None:
+def save_albef_checkpoint(
+    model: AlbefITM,
+    path: str,
+    config: Optional[Dict[str, Any]] = None,
+    pretrain_format: bool = True,
+    extra: Optional[Dict[str, Any]] = None,
+) -> None:
     """Writes ``model`` with ALBEF's key names (``text_encoder.bert.*``) atomically.
 
     Args:
@@ -151,17 +200,23 @@ def save_albef_checkpoint(model: AlbefITM, path: str, config: Optional[Dict[str,
         path (str): destination ``.pth``.
         config (dict or None): stored under ``"config"``; the head counts are added under
             ``config["det_ext_albef"]`` so that the loader rebuilds the same architecture.
-        pretrain_format (bool): ``{"model": state, "config": ...}`` (True) or the bare state (False).
+        pretrain_format (bool): ``{"model": state, "config": ...}`` (True) or the bare state
+            (False).
         extra (dict or None): more top-level entries (pre-training format only).
     """
     state = {}
     for k, v in model.state_dict().items():
         if k.startswith("text_encoder."):
-            k = "text_encoder.bert." + k[len("text_encoder."):]
+            k = "text_encoder.bert." + k[len("text_encoder.") :]
         state[k] = v.detach().cpu()
     config = dict(config or {})
-    config["det_ext_albef"] = {"vision_heads": model.cfg.vision_heads, "num_heads": model.cfg.num_heads}
-    obj: Dict[str, Any] = {"model": state, "config": config, **(extra or {})} if pretrain_format else state
+    config["det_ext_albef"] = {
+        "vision_heads": model.cfg.vision_heads,
+        "num_heads": model.cfg.num_heads,
+    }
+    obj: Dict[str, Any] = (
+        {"model": state, "config": config, **(extra or {})} if pretrain_format else state
+    )
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp"

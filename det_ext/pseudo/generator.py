@@ -5,6 +5,7 @@ Images are processed in fixed batches of one shard; each finished batch is appen
 to the shard file, so a killed run resumes at the first unfinished batch with identical batch
 boundaries (hence bit-identical results), never duplicating or losing an image.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,16 @@ __all__ = ["PseudoBoxGenerator", "shard_records", "run_shard", "read_shard_file"
 
 logger = logging.getLogger(__name__)
 
-SKIP_REASONS = ("missing_image", "empty_caption", "no_vocabulary_word", "truncated_mention",
-                "flat_map", "no_proposals", "no_fitting_proposal", "low_score")
+SKIP_REASONS = (
+    "missing_image",
+    "empty_caption",
+    "no_vocabulary_word",
+    "truncated_mention",
+    "flat_map",
+    "no_proposals",
+    "no_fitting_proposal",
+    "low_score",
+)
 
 
 class PseudoBoxGenerator:
@@ -48,9 +57,17 @@ class PseudoBoxGenerator:
         min_score (float): minimum pseudo_score of a box.
     """
 
-    def __init__(self, backend: VLBackend, matcher: CaptionMatcher, proposals: ProposalSource,
-                 image_root: str, alpha: float = 0.5, map_threshold: float = 0.5, max_count: int = 1,
-                 min_score: float = 0.0):
+    def __init__(
+        self,
+        backend: VLBackend,
+        matcher: CaptionMatcher,
+        proposals: ProposalSource,
+        image_root: str,
+        alpha: float = 0.5,
+        map_threshold: float = 0.5,
+        max_count: int = 1,
+        min_score: float = 0.0,
+    ):
         self.backend, self.matcher, self.proposals = backend, matcher, proposals
         self.image_root = image_root
         self.alpha, self.map_threshold = alpha, map_threshold
@@ -60,8 +77,13 @@ class PseudoBoxGenerator:
         """Reads images, matches captions and computes every mention's map (one backend call)."""
         results, images, pairs = [], {}, []
         for rec in records:
-            res = {"image_id": rec.image_id, "file_name": rec.file_name, "boxes": [],
-                   "skipped": Counter(), "ok": True}
+            res = {
+                "image_id": rec.image_id,
+                "file_name": rec.file_name,
+                "boxes": [],
+                "skipped": Counter(),
+                "ok": True,
+            }
             results.append(res)
             img = load_rgb(os.path.join(self.image_root, rec.file_name))
             if img is None:
@@ -79,14 +101,19 @@ class PseudoBoxGenerator:
                 matches = self.matcher.match(tokens, max_tokens=self.backend.max_text_len - 2)
                 if not matches:
                     all_matches = self.matcher.match(tokens)
-                    res["skipped"]["truncated_mention" if all_matches else "no_vocabulary_word"] += 1
+                    res["skipped"][
+                        "truncated_mention" if all_matches else "no_vocabulary_word"
+                    ] += 1
                     continue
                 pairs.append((rec.image_id, text, matches))
         maps_by_key: Dict[Tuple[int, int], List[np.ndarray]] = defaultdict(list)
         counts: Dict[Tuple[int, int], int] = defaultdict(lambda: 1)
         if pairs:
-            maps = self.backend.span_maps([images[p[0]] for p in pairs], [p[1] for p in pairs],
-                                          [[(m.left, m.right) for m in p[2]] for p in pairs])
+            maps = self.backend.span_maps(
+                [images[p[0]] for p in pairs],
+                [p[1] for p in pairs],
+                [[(m.left, m.right) for m in p[2]] for p in pairs],
+            )
             for (image_id, _, matches), pair_maps in zip(pairs, maps):
                 for m, cam in zip(matches, pair_maps):
                     key = (image_id, m.category_id)
@@ -94,7 +121,9 @@ class PseudoBoxGenerator:
                     counts[key] = max(counts[key], min(m.count, self.max_count))
         return results, images, maps_by_key, counts
 
-    def activations(self, records: Sequence[ImageRecord]) -> Dict[Tuple[int, int], Optional[np.ndarray]]:
+    def activations(
+        self, records: Sequence[ImageRecord]
+    ) -> Dict[Tuple[int, int], Optional[np.ndarray]]:
         """The normalised, thresholded activation [H, W] of every (image id, category id) mentioned
         (None for a flat map), as used for box selection."""
         results, _, maps_by_key, _ = self._collect(records)
@@ -102,8 +131,11 @@ class PseudoBoxGenerator:
         out = {}
         for (image_id, cat_id), maps in sorted(maps_by_key.items()):
             merged = merge_maps(maps)
-            out[(image_id, cat_id)] = None if merged is None else normalize_map(
-                merged, *size[image_id], self.map_threshold)
+            out[(image_id, cat_id)] = (
+                None
+                if merged is None
+                else normalize_map(merged, *size[image_id], self.map_threshold)
+            )
         return out
 
     def process(self, records: Sequence[ImageRecord]) -> List[Dict[str, Any]]:
@@ -114,11 +146,14 @@ class PseudoBoxGenerator:
         ids = [r["image_id"] for r in results if r["ok"]]
         props = dict(zip(ids, self.proposals(ids, [images[i] for i in ids]))) if ids else {}
         by_id = {r["image_id"]: r for r in results}
-        for (image_id, cat_id) in sorted(maps_by_key):
+        for image_id, cat_id in sorted(maps_by_key):
             res = by_id[image_id]
             merged = merge_maps(maps_by_key[(image_id, cat_id)])
-            act = None if merged is None else normalize_map(merged, res["height"], res["width"],
-                                                           self.map_threshold)
+            act = (
+                None
+                if merged is None
+                else normalize_map(merged, res["height"], res["width"], self.map_threshold)
+            )
             if act is None:
                 res["skipped"]["flat_map"] += 1
                 continue
@@ -133,9 +168,13 @@ class PseudoBoxGenerator:
                     res["skipped"]["low_score"] += 1
                     continue
                 x0, y0, x1, y1 = (round(float(v), 2) for v in box)
-                res["boxes"].append({"category_id": int(cat_id),
-                                     "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
-                                     "pseudo_score": round(score, 4)})
+                res["boxes"].append(
+                    {
+                        "category_id": int(cat_id),
+                        "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
+                        "pseudo_score": round(score, 4),
+                    }
+                )
         for r in results:
             r["skipped"] = dict(r["skipped"])
         return results
@@ -165,7 +204,7 @@ def read_shard_file(path: str, repair: bool = False) -> Tuple[Optional[dict], Di
             obj = json.loads(line)
         except json.JSONDecodeError:
             break
-        if not data[good + len(line):good + len(line) + 1] == b"\n":
+        if not data[good + len(line) : good + len(line) + 1] == b"\n":
             break
         good += len(line) + 1
         if "header" in obj:
@@ -186,9 +225,15 @@ def _fingerprint(records: Sequence[ImageRecord], batch_size: int, settings: Dict
     return h.hexdigest()[:16]
 
 
-def run_shard(generator: PseudoBoxGenerator, records: Sequence[ImageRecord], shard_file: str,
-              batch_size: int, settings: Dict[str, Any], progress: bool = True,
-              max_batches: Optional[int] = None) -> Dict[int, list]:
+def run_shard(
+    generator: PseudoBoxGenerator,
+    records: Sequence[ImageRecord],
+    shard_file: str,
+    batch_size: int,
+    settings: Dict[str, Any],
+    progress: bool = True,
+    max_batches: Optional[int] = None,
+) -> Dict[int, list]:
     """Processes the unfinished batches of one shard, appending each to ``shard_file``.
 
     Args:
@@ -203,25 +248,46 @@ def run_shard(generator: PseudoBoxGenerator, records: Sequence[ImageRecord], sha
     fp = _fingerprint(records, batch_size, settings)
     header, done = read_shard_file(shard_file, repair=True)
     if header is not None and header.get("fingerprint") != fp:
-        raise DetExtInputError(f"{shard_file}: made with other inputs or settings; remove it (or its "
-                               "folder) to start again")
+        raise DetExtInputError(
+            f"{shard_file}: made with other inputs or settings; remove it (or its "
+            "folder) to start again"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(shard_file)), exist_ok=True)
     num_batches = (len(records) + batch_size - 1) // batch_size
     todo = [b for b in range(num_batches) if b not in done]
     if done:
-        logger.info("%s: resuming, %d of %d batches already done", shard_file, len(done), num_batches)
+        logger.info(
+            "%s: resuming, %d of %d batches already done", shard_file, len(done), num_batches
+        )
     with open(shard_file, "ab") as f:
         if header is None:
-            f.write((json.dumps({"header": {"fingerprint": fp, "num_records": len(records),
-                                            "batch_size": batch_size}}) + "\n").encode())
+            f.write(
+                (
+                    json.dumps(
+                        {
+                            "header": {
+                                "fingerprint": fp,
+                                "num_records": len(records),
+                                "batch_size": batch_size,
+                            }
+                        }
+                    )
+                    + "\n"
+                ).encode()
+            )
             f.flush()
-        bar = tqdm(total=len(records), initial=len(records) - sum(
-            len(records[b * batch_size:(b + 1) * batch_size]) for b in todo),
-            disable=not progress, unit="img", desc=os.path.basename(shard_file))
+        bar = tqdm(
+            total=len(records),
+            initial=len(records)
+            - sum(len(records[b * batch_size : (b + 1) * batch_size]) for b in todo),
+            disable=not progress,
+            unit="img",
+            desc=os.path.basename(shard_file),
+        )
         for n, b in enumerate(todo):
             if max_batches is not None and n >= max_batches:
                 break
-            batch = records[b * batch_size:(b + 1) * batch_size]
+            batch = records[b * batch_size : (b + 1) * batch_size]
             results = generator.process(batch)
             f.write((json.dumps({"batch": b, "results": results}) + "\n").encode())
             f.flush()

@@ -1,5 +1,6 @@
 # Copyright (c) det_ext authors.
 """Reading the generator's inputs: the captions file and images."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,15 +56,20 @@ def read_captions(path: str) -> List[ImageRecord]:
             raise DatasetFormatError(f"{path}: entry {n} is not an object")
         image_id = e.get("image_id", e.get("id"))
         if not isinstance(image_id, int) or not isinstance(e.get("file_name"), str):
-            raise DatasetFormatError(f"{path}: entry {n}: 'image_id' (int) and 'file_name' (str) "
-                                     "are required")
+            raise DatasetFormatError(
+                f"{path}: entry {n}: 'image_id' (int) and 'file_name' (str) " "are required"
+            )
         caps = e.get("captions", e.get("caption", []))
         caps = [caps] if isinstance(caps, str) else caps
         if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-            raise DatasetFormatError(f"{path}: image {image_id}: 'captions' must be a list of strings")
+            raise DatasetFormatError(
+                f"{path}: image {image_id}: 'captions' must be a list of strings"
+            )
         if image_id in records:
             raise DatasetFormatError(f"{path}: image id {image_id} appears twice")
-        records[image_id] = ImageRecord(image_id, e["file_name"], caps, e.get("height"), e.get("width"))
+        records[image_id] = ImageRecord(
+            image_id, e["file_name"], caps, e.get("height"), e.get("width")
+        )
     return [records[k] for k in sorted(records)]
 
 

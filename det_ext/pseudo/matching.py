@@ -7,6 +7,7 @@ lies inside a longer match of another category ("red circle" inside "dark red ci
 longer one is kept; number words before a match ("three red circles") give an instance count; the
 tokenised forms are cached per matcher and never modified.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,11 +17,33 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from det_ext.utils.errors import DatasetFormatError
 
-__all__ = ["VocabCategory", "Vocabulary", "Match", "CaptionMatcher", "pluralize", "singularize",
-           "NUMBER_WORDS"]
+__all__ = [
+    "VocabCategory",
+    "Vocabulary",
+    "Match",
+    "CaptionMatcher",
+    "pluralize",
+    "singularize",
+    "NUMBER_WORDS",
+]
 
-NUMBER_WORDS = {"a": 1, "an": 1, "one": 1, "single": 1, "two": 2, "three": 3, "four": 4, "five": 5,
-                "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10, "several": 3, "many": 3}
+NUMBER_WORDS = {
+    "a": 1,
+    "an": 1,
+    "one": 1,
+    "single": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "several": 3,
+    "many": 3,
+}
 
 
 def pluralize(phrase: str) -> str:
@@ -88,15 +111,19 @@ class Vocabulary:
         self.by_id = {c.id: c for c in self.categories}
 
     @classmethod
-    def load(cls, vocab_file: str, dataset_categories: Optional[List[Dict[str, Any]]] = None,
-             auto_plurals: bool = True) -> "Vocabulary":
+    def load(
+        cls,
+        vocab_file: str,
+        dataset_categories: Optional[List[Dict[str, Any]]] = None,
+        auto_plurals: bool = True,
+    ) -> "Vocabulary":
         """Reads ``{category: [surface forms]}`` and completes it.
 
         Args:
             vocab_file (str): JSON vocabulary.
-            dataset_categories (list or None): LVIS/COCO category records (``id``, ``name``, optional
-                ``synonyms`` and ``plurals``). When given, every vocabulary name must be one of them
-                and its id is used; otherwise ids are 1..K in file order.
+            dataset_categories (list or None): LVIS/COCO category records (``id``, ``name``,
+                optional ``synonyms`` and ``plurals``). When given, every vocabulary name must be
+                one of them and its id is used; otherwise ids are 1..K in file order.
             auto_plurals (bool): add the plural and the singular of every form.
 
         Raises:
@@ -110,22 +137,25 @@ class Vocabulary:
         except json.JSONDecodeError as e:
             raise DatasetFormatError(f"{vocab_file}: malformed JSON: {e}") from None
         if not isinstance(raw, dict) or not all(
-                isinstance(k, str) and isinstance(v, list) and all(isinstance(s, str) for s in v)
-                for k, v in raw.items()):
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(s, str) for s in v)
+            for k, v in raw.items()
+        ):
             raise DatasetFormatError(f"{vocab_file}: expected {{category: [surface forms]}}")
         by_name = {c["name"]: c for c in dataset_categories or []}
         cats = []
         for i, (name, forms) in enumerate(raw.items()):
             rec = by_name.get(name)
             if dataset_categories is not None and rec is None:
-                raise DatasetFormatError(f"{vocab_file}: category '{name}' is not in the dataset's "
-                                         "categories")
+                raise DatasetFormatError(
+                    f"{vocab_file}: category '{name}' is not in the dataset's " "categories"
+                )
             all_forms = [name] + list(forms)
             if rec is not None:
                 all_forms += list(rec.get("synonyms") or []) + list(rec.get("plurals") or [])
             if auto_plurals:
-                all_forms += ([pluralize(f) for f in all_forms if singularize(f) == f]
-                              + [singularize(f) for f in all_forms if singularize(f) != f])
+                all_forms += [pluralize(f) for f in all_forms if singularize(f) == f] + [
+                    singularize(f) for f in all_forms if singularize(f) != f
+                ]
             seen: Dict[str, None] = {}
             for f in all_forms:
                 f = " ".join(f.lower().replace("_", " ").split())
@@ -145,8 +175,13 @@ class CaptionMatcher:
         prefer_longest (bool): drop a match lying inside a longer match of another category.
     """
 
-    def __init__(self, vocabulary: Vocabulary, tokenize: Callable[[str], List[str]],
-                 all_occurrences: bool = True, prefer_longest: bool = True):
+    def __init__(
+        self,
+        vocabulary: Vocabulary,
+        tokenize: Callable[[str], List[str]],
+        all_occurrences: bool = True,
+        prefer_longest: bool = True,
+    ):
         self.vocabulary = vocabulary
         self.all_occurrences = all_occurrences
         self.prefer_longest = prefer_longest
@@ -174,7 +209,7 @@ class CaptionMatcher:
         for cat_id, form, toks in self._forms:
             n = len(toks)
             for start in range(len(tokens) - n + 1):
-                if tokens[start:start + n] == toks:
+                if tokens[start : start + n] == toks:
                     if max_tokens is None or start + n <= max_tokens:
                         count = NUMBER_WORDS.get(tokens[start - 1], 1) if start > 0 else 1
                         found.append(Match(cat_id, form, start + 1, start + 1 + n, count))
@@ -183,8 +218,12 @@ class CaptionMatcher:
         if self.prefer_longest:
             kept: List[Match] = []
             for m in sorted(found, key=lambda m: (-(m.right - m.left), m.left)):
-                inside = any(k.left <= m.left and m.right <= k.right and
-                             (k.right - k.left) > (m.right - m.left) for k in kept)
+                inside = any(
+                    k.left <= m.left
+                    and m.right <= k.right
+                    and (k.right - k.left) > (m.right - m.left)
+                    for k in kept
+                )
                 if not inside:
                     kept.append(m)
             found = kept

@@ -1,5 +1,6 @@
 # Copyright (c) det_ext authors.
 """End-to-end generation from a config: build the parts, run one shard, merge when complete."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,13 @@ from .matching import CaptionMatcher, Vocabulary
 from .proposals import ProposalSource, build_proposal_source
 from .writer import merge_shards, shard_path
 
-__all__ = ["build_backend", "build_generator", "generate_pseudo_boxes", "generator_settings",
-           "dataset_categories"]
+__all__ = [
+    "build_backend",
+    "build_generator",
+    "generate_pseudo_boxes",
+    "generator_settings",
+    "dataset_categories",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +37,9 @@ def build_backend(cfg: CfgNode, per_image: Optional[bool] = None) -> VLBackend:
     return cls.from_config(cfg, per_image=per_image)
 
 
-def dataset_categories(captions_file: str, dataset_json: Optional[str]) -> Optional[List[Dict[str, Any]]]:
+def dataset_categories(
+    captions_file: str, dataset_json: Optional[str]
+) -> Optional[List[Dict[str, Any]]]:
     """Category records from ``dataset_json`` or from the captions file when it is an LVIS JSON."""
     if dataset_json:
         return read_dataset_json(dataset_json)["categories"]
@@ -45,29 +53,54 @@ def dataset_categories(captions_file: str, dataset_json: Optional[str]) -> Optio
 def generator_settings(cfg: CfgNode) -> Dict[str, Any]:
     """The config values that change the output (recorded in shard headers and the output)."""
     p = cfg.PSEUDO
-    return {"backend": p.BACKEND, "albef": dict(p.ALBEF), "blip": dict(p.BLIP), "clip": dict(p.CLIP),
-            "matching": dict(p.MATCHING), "proposals": dict(p.PROPOSALS),
-            "selection": dict(p.SELECTION)}
+    return {
+        "backend": p.BACKEND,
+        "albef": dict(p.ALBEF),
+        "blip": dict(p.BLIP),
+        "clip": dict(p.CLIP),
+        "matching": dict(p.MATCHING),
+        "proposals": dict(p.PROPOSALS),
+        "selection": dict(p.SELECTION),
+    }
 
 
-def build_generator(cfg: CfgNode, vocabulary: Vocabulary, image_root: str,
-                    backend: Optional[VLBackend] = None,
-                    proposals: Optional[ProposalSource] = None) -> PseudoBoxGenerator:
+def build_generator(
+    cfg: CfgNode,
+    vocabulary: Vocabulary,
+    image_root: str,
+    backend: Optional[VLBackend] = None,
+    proposals: Optional[ProposalSource] = None,
+) -> PseudoBoxGenerator:
     """A :class:`PseudoBoxGenerator` from ``cfg.PSEUDO`` (parts can be passed in to share them)."""
     backend = backend or build_backend(cfg)
     m = cfg.PSEUDO.MATCHING
     matcher = CaptionMatcher(vocabulary, backend.tokenize, m.ALL_OCCURRENCES, m.PREFER_LONGEST)
     s = cfg.PSEUDO.SELECTION
-    return PseudoBoxGenerator(backend, matcher, proposals or build_proposal_source(cfg), image_root,
-                              s.ALPHA, s.MAP_THRESHOLD, m.MAX_COUNT, s.MIN_SCORE)
+    return PseudoBoxGenerator(
+        backend,
+        matcher,
+        proposals or build_proposal_source(cfg),
+        image_root,
+        s.ALPHA,
+        s.MAP_THRESHOLD,
+        m.MAX_COUNT,
+        s.MIN_SCORE,
+    )
 
 
-def generate_pseudo_boxes(cfg: CfgNode, captions_file: str, vocab_file: str, out: str,
-                          image_root: Optional[str] = None, dataset_json: Optional[str] = None,
-                          shard: Tuple[int, int] = (0, 1), progress: bool = True,
-                          max_batches: Optional[int] = None,
-                          generator: Optional[PseudoBoxGenerator] = None,
-                          text_embeddings: bool = False) -> Optional[Dict[str, Any]]:
+def generate_pseudo_boxes(
+    cfg: CfgNode,
+    captions_file: str,
+    vocab_file: str,
+    out: str,
+    image_root: Optional[str] = None,
+    dataset_json: Optional[str] = None,
+    shard: Tuple[int, int] = (0, 1),
+    progress: bool = True,
+    max_batches: Optional[int] = None,
+    generator: Optional[PseudoBoxGenerator] = None,
+    text_embeddings: bool = False,
+) -> Optional[Dict[str, Any]]:
     """Runs shard ``shard`` and, when every shard is finished, writes ``out``.
 
     With ``text_embeddings`` every category of ``out`` gets ``embedding: {"<Backend>": [...]}``, the
@@ -84,8 +117,15 @@ def generate_pseudo_boxes(cfg: CfgNode, captions_file: str, vocab_file: str, out
     mine = shard_records(records, shard)
     if generator is None:
         generator = build_generator(cfg, vocabulary, image_root)
-    run_shard(generator, mine, shard_path(out, *shard), cfg.PSEUDO.BATCH_SIZE, settings, progress,
-              max_batches)
+    run_shard(
+        generator,
+        mine,
+        shard_path(out, *shard),
+        cfg.PSEUDO.BATCH_SIZE,
+        settings,
+        progress,
+        max_batches,
+    )
     report = try_merge(out, shard[1], records, vocabulary, cats, image_root, settings)
     if report is not None and text_embeddings:
         add_text_embeddings(out, generator.backend)
@@ -113,8 +153,13 @@ def try_merge(out, num_shards, records, vocabulary, cats, image_root, settings):
         if sum(len(v) for v in batches.values()) != expected[i]:
             missing.append(i)
     if missing:
-        logger.info("Shards %s of %d not finished yet; %s will be written by the last one (or "
-                    "run with --merge)", missing, num_shards, out)
+        logger.info(
+            "Shards %s of %d not finished yet; %s will be written by the last one (or "
+            "run with --merge)",
+            missing,
+            num_shards,
+            out,
+        )
         return None
     by_id = {c["id"]: c for c in cats or []}
     categories = []

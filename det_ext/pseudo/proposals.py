@@ -4,6 +4,7 @@
 Precomputed file: JSON ``{"<image_id>": [[x0, y0, x1, y1, score], ...]}`` in original image pixels
 (:func:`dump_proposals` writes it from any source).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,14 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from det_ext.utils.errors import ConfigInputError, DatasetFormatError
 from det_ext.utils.io import atomic_write_json
 
-__all__ = ["ProposalSource", "NoProposals", "ModelProposals", "PrecomputedProposals", "build_proposal_source",
-           "dump_proposals"]
+__all__ = [
+    "ProposalSource",
+    "NoProposals",
+    "ModelProposals",
+    "PrecomputedProposals",
+    "build_proposal_source",
+    "dump_proposals",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +62,16 @@ class PrecomputedProposals(ProposalSource):
         except json.JSONDecodeError as e:
             raise DatasetFormatError(f"{path}: malformed proposal JSON: {e}") from None
         if not isinstance(raw, dict):
-            raise DatasetFormatError(f"{path}: expected {{image_id: [[x0, y0, x1, y1, score], ...]}}")
+            raise DatasetFormatError(
+                f"{path}: expected {{image_id: [[x0, y0, x1, y1, score], ...]}}"
+            )
         self.boxes: Dict[str, np.ndarray] = {}
         for k, rows in raw.items():
-            arr = np.asarray(rows, dtype=np.float32).reshape(-1, 5) if rows else np.zeros((0, 5), np.float32)
+            arr = (
+                np.asarray(rows, dtype=np.float32).reshape(-1, 5)
+                if rows
+                else np.zeros((0, 5), np.float32)
+            )
             self.boxes[str(k)] = arr[:topk] if topk else arr
 
     def __call__(self, image_ids, images):
@@ -78,10 +91,14 @@ class ModelProposals(ProposalSource):
 
     def __init__(self, cfg: CfgNode, mode: str = "rpn", topk: int = 100, nms_thresh: float = 0.5):
         if mode not in ("rpn", "detector"):
-            raise ConfigInputError(f"PSEUDO.PROPOSALS.MODE must be 'rpn' or 'detector', got '{mode}'")
+            raise ConfigInputError(
+                f"PSEUDO.PROPOSALS.MODE must be 'rpn' or 'detector', got '{mode}'"
+            )
         self.model = build_model(cfg).eval()
         if not cfg.MODEL.WEIGHTS or not os.path.isfile(cfg.MODEL.WEIGHTS):
-            raise ConfigInputError(f"PSEUDO.PROPOSALS.WEIGHTS: file '{cfg.MODEL.WEIGHTS}' not found")
+            raise ConfigInputError(
+                f"PSEUDO.PROPOSALS.WEIGHTS: file '{cfg.MODEL.WEIGHTS}' not found"
+            )
         DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         if mode == "rpn" and getattr(self.model, "proposal_generator", None) is None:
             raise ConfigInputError("PSEUDO.PROPOSALS.MODE 'rpn' needs a model with an RPN")
@@ -96,7 +113,9 @@ class ModelProposals(ProposalSource):
             h, w = img.shape[:2]
             x = img[:, :, ::-1] if self.bgr else img
             x = self.aug.get_transform(x).apply_image(np.ascontiguousarray(x))
-            inputs.append({"image": torch.as_tensor(x.transpose(2, 0, 1).copy()), "height": h, "width": w})
+            inputs.append(
+                {"image": torch.as_tensor(x.transpose(2, 0, 1).copy()), "height": h, "width": w}
+            )
         model = self.model
         out = []
         if self.mode == "rpn":
@@ -112,7 +131,9 @@ class ModelProposals(ProposalSource):
             for res in model.inference(inputs, do_postprocess=True):
                 inst = res["instances"]
                 boxes, scores = inst.pred_boxes.tensor, inst.scores
-                keep = batched_nms(boxes, scores, torch.zeros_like(scores, dtype=torch.long), self.nms)
+                keep = batched_nms(
+                    boxes, scores, torch.zeros_like(scores, dtype=torch.long), self.nms
+                )
                 out.append(self._pack(boxes[keep], scores[keep]))
         return out
 
@@ -143,12 +164,14 @@ def build_proposal_source(cfg: CfgNode) -> ProposalSource:
     return ModelProposals(pcfg, c.MODE, c.TOPK, c.NMS_THRESH)
 
 
-def dump_proposals(source: ProposalSource, image_ids: Sequence[int], load_image, path: str,
-                   batch_size: int = 16) -> None:
-    """Runs ``source`` on images (``load_image(image_id) -> RGB ndarray``) and writes a proposal file."""
+def dump_proposals(
+    source: ProposalSource, image_ids: Sequence[int], load_image, path: str, batch_size: int = 16
+) -> None:
+    """Runs ``source`` on images (``load_image(image_id) -> RGB ndarray``) and writes a proposal
+    file."""
     result = {}
     for s in range(0, len(image_ids), batch_size):
-        ids = list(image_ids[s:s + batch_size])
+        ids = list(image_ids[s : s + batch_size])
         for i, p in zip(ids, source(ids, [load_image(i) for i in ids])):
             result[str(i)] = [[round(float(v), 3) for v in row] for row in p]
     atomic_write_json(path, result)

@@ -1,6 +1,7 @@
 # Copyright (c) det_ext authors.
 """Quality of pseudo boxes against ground truth: precision/recall at an IoU threshold and mean IoU,
 overall and per frequency group (r/c/f of the category)."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -19,20 +20,26 @@ def _xyxy(boxes: List[List[float]]) -> np.ndarray:
 
 
 def _summary(tp: int, n_pred: int, n_gt: int, ious: List[float]) -> Dict[str, Any]:
-    return {"precision_iou50": tp / n_pred if n_pred else 0.0,
-            "recall_iou50": tp / n_gt if n_gt else 0.0,
-            "mean_iou": float(np.mean(ious)) if ious else 0.0,
-            "num_pseudo": n_pred, "num_gt": n_gt, "num_true_positive": tp}
+    return {
+        "precision_iou50": tp / n_pred if n_pred else 0.0,
+        "recall_iou50": tp / n_gt if n_gt else 0.0,
+        "mean_iou": float(np.mean(ious)) if ious else 0.0,
+        "num_pseudo": n_pred,
+        "num_gt": n_gt,
+        "num_true_positive": tp,
+    }
 
 
-def evaluate_pseudo_boxes(pseudo: Dict[str, Any], gt: Dict[str, Any],
-                          iou_thresh: float = 0.5) -> Dict[str, Any]:
-    """Greedy one-to-one matching per (image, category), pseudo boxes by decreasing ``pseudo_score``.
+def evaluate_pseudo_boxes(
+    pseudo: Dict[str, Any], gt: Dict[str, Any], iou_thresh: float = 0.5
+) -> Dict[str, Any]:
+    """Greedy one-to-one matching per (image, category), pseudo boxes by decreasing
+    ``pseudo_score``.
 
     A pseudo box is a true positive when it matches a still unmatched ground-truth box of its
     category with IoU >= ``iou_thresh`` (the one of highest IoU). Precision = TP / pseudo boxes;
-    recall = TP / ground-truth boxes of the images in ``pseudo["images"]``; ``mean_iou`` = mean IoU of
-    the true-positive pairs; ``mean_best_iou`` = mean over pseudo boxes of the best IoU with any
+    recall = TP / ground-truth boxes of the images in ``pseudo["images"]``; ``mean_iou`` = mean IoU
+    of the true-positive pairs; ``mean_best_iou`` = mean over pseudo boxes of the best IoU with any
     ground-truth box of their category (0 if none).
 
     Args:
@@ -72,11 +79,19 @@ def evaluate_pseudo_boxes(pseudo: Dict[str, Any], gt: Dict[str, Any],
                 free[j] = False
                 s["tp"] += 1
                 s["ious"].append(float(iou[i, j]))
-    out = _summary(sum(s["tp"] for s in stats.values()), sum(s["pred"] for s in stats.values()),
-                   sum(s["gt"] for s in stats.values()), [x for s in stats.values() for x in s["ious"]])
+    out = _summary(
+        sum(s["tp"] for s in stats.values()),
+        sum(s["pred"] for s in stats.values()),
+        sum(s["gt"] for s in stats.values()),
+        [x for s in stats.values() for x in s["ious"]],
+    )
     best = [x for s in stats.values() for x in s["best"]]
     out["mean_best_iou"] = float(np.mean(best)) if best else 0.0
-    out["by_group"] = {g: {**_summary(s["tp"], s["pred"], s["gt"], s["ious"]),
-                           "mean_best_iou": float(np.mean(s["best"])) if s["best"] else 0.0}
-                       for g, s in stats.items()}
+    out["by_group"] = {
+        g: {
+            **_summary(s["tp"], s["pred"], s["gt"], s["ious"]),
+            "mean_best_iou": float(np.mean(s["best"])) if s["best"] else 0.0,
+        }
+        for g, s in stats.items()
+    }
     return out

@@ -1,10 +1,11 @@
 # Copyright (c) det_ext authors.
 """Box selection: the proposal that best fits a word's activation map (PB-OVD section 7).
 
-score(box) = sum of the normalised, thresholded map inside the box / area ** alpha. Boxes are clipped
-to the image (not skipped) and keep float coordinates; flat or empty maps and maps that no proposal
-covers give no box.
+score(box) = sum of the normalised, thresholded map inside the box / area ** alpha. Boxes are
+clipped to the image (not skipped) and keep float coordinates; flat or empty maps and maps that no
+proposal covers give no box.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -26,8 +27,9 @@ def merge_maps(maps: List[np.ndarray], eps: float = 1e-12) -> Optional[np.ndarra
     return None if not good else np.mean(good, axis=0)
 
 
-def normalize_map(cam: np.ndarray, height: int, width: int, threshold: float = 0.5,
-                  eps: float = 1e-12) -> Optional[np.ndarray]:
+def normalize_map(
+    cam: np.ndarray, height: int, width: int, threshold: float = 0.5, eps: float = 1e-12
+) -> Optional[np.ndarray]:
     """Nearest upsampling to the original image size, min-max normalisation to [0, 1] and the cut of
     values below ``threshold`` x max (the reference's normalisation).
 
@@ -73,13 +75,20 @@ def _region_sums(integral: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
 
 
-def select_boxes(act: np.ndarray, proposals: np.ndarray, alpha: float = 0.5, max_boxes: int = 1,
-                 min_area: float = 1.0, overlap_iou: float = 0.5) -> List[Tuple[np.ndarray, float]]:
+def select_boxes(
+    act: np.ndarray,
+    proposals: np.ndarray,
+    alpha: float = 0.5,
+    max_boxes: int = 1,
+    min_area: float = 1.0,
+    overlap_iou: float = 0.5,
+) -> List[Tuple[np.ndarray, float]]:
     """Chooses up to ``max_boxes`` proposals for one activation map.
 
     The first box is the argmax of sum(act in box) / area ** alpha. For counted mentions
     (``max_boxes`` > 1, e.g. "three circles") the activation inside each chosen box is removed and
-    proposals overlapping a chosen box by more than ``overlap_iou`` are dropped before the next pick.
+    proposals overlapping a chosen box by more than ``overlap_iou`` are dropped before the next
+    pick.
 
     Args:
         act (ndarray): [H, W] normalised activation (see :func:`normalize_map`).
@@ -107,7 +116,7 @@ def select_boxes(act: np.ndarray, proposals: np.ndarray, alpha: float = 0.5, max
         integral = np.zeros((height + 1, width + 1))
         integral[1:, 1:] = act.cumsum(0).cumsum(1)
         mass = _region_sums(integral, boxes)
-        score = mass / area ** alpha
+        score = mass / area**alpha
         best = int(np.argmax(score))
         if not score[best] > 0:
             break

@@ -1,5 +1,6 @@
 # Copyright (c) det_ext authors.
 """Random ALBEF checkpoints in the real formats, for tests and the throughput benchmark."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -17,9 +18,14 @@ def albef_base_config(vocab_size: int = 30522, image_size: int = 256) -> AlbefCo
     return AlbefConfig(image_size=image_size, vocab_size=vocab_size)
 
 
-def random_albef_checkpoint(path: str, cfg: AlbefConfig, vocab: Optional[Sequence[str]] = None,
-                            pretrain_format: bool = True, with_momentum: bool = True,
-                            seed: int = 0) -> AlbefITM:
+def random_albef_checkpoint(
+    path: str,
+    cfg: AlbefConfig,
+    vocab: Optional[Sequence[str]] = None,
+    pretrain_format: bool = True,
+    with_momentum: bool = True,
+    seed: int = 0,
+) -> AlbefITM:
     """Writes a randomly initialised ALBEF checkpoint like ``ALBEF.pth`` (pre-training layout with
     momentum encoders, queues and an MLM head) or like ``refcoco.pth`` (bare state dict).
 

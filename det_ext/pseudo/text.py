@@ -7,6 +7,7 @@ basic tokenisation (lower case, accents stripped, punctuation split) followed by
 longest-match WordPiece. The same :meth:`WordPieceTokenizer.tokenize` is used for encoding captions
 and for caption-to-category matching, so token positions always agree.
 """
+
 from __future__ import annotations
 
 import re

@@ -12,6 +12,7 @@ captions) are never used as its negatives. The checkpoint is written in ALBEF's 
 (``{"model", "optimizer", "config", "epoch"}``, ``text_encoder.bert.*`` keys) with the word
 vocabulary under ``config["tokenizer_vocab"]``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,10 +63,22 @@ class TinyVLOptions:
 def tiny_albef_config(vocab_size: int, image_size: int = 128) -> AlbefConfig:
     """The tiny architecture (about 0.9 M parameters): 8 px patches (16x16 map at 128 px), width 96,
     3 ViT blocks, 2 text + 3 fusion layers, 4 heads."""
-    return AlbefConfig(image_size=image_size, patch_size=8, vision_width=96, vision_depth=3,
-                       vision_heads=4, mlp_ratio=4.0, vocab_size=vocab_size, hidden_size=96,
-                       num_layers=5, num_heads=4, intermediate_size=384, fusion_layer=2,
-                       max_position=64, embed_dim=64)
+    return AlbefConfig(
+        image_size=image_size,
+        patch_size=8,
+        vision_width=96,
+        vision_depth=3,
+        vision_heads=4,
+        mlp_ratio=4.0,
+        vocab_size=vocab_size,
+        hidden_size=96,
+        num_layers=5,
+        num_heads=4,
+        intermediate_size=384,
+        fusion_layer=2,
+        max_position=64,
+        embed_dim=64,
+    )
 
 
 def build_word_vocab(captions: Sequence[str], extra_phrases: Sequence[str] = ()) -> List[str]:
@@ -74,14 +87,22 @@ def build_word_vocab(captions: Sequence[str], extra_phrases: Sequence[str] = ())
     basic = WordPieceTokenizer(list(SPECIAL_TOKENS))
     for text in list(captions) + list(extra_phrases):
         counts.update(basic._basic(clean_caption(text)))
-    return list(SPECIAL_TOKENS) + [w for w, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))]
+    return list(SPECIAL_TOKENS) + [
+        w for w, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))
+    ]
 
 
 class CaptionData:
     """Images (uint8, in memory), captions, their category mentions and negative sampling."""
 
-    def __init__(self, captions_file: str, image_root: str, vocab_file: str,
-                 dataset_json: Optional[str] = None, tokenizer: Optional[WordPieceTokenizer] = None):
+    def __init__(
+        self,
+        captions_file: str,
+        image_root: str,
+        vocab_file: str,
+        dataset_json: Optional[str] = None,
+        tokenizer: Optional[WordPieceTokenizer] = None,
+    ):
         with open(captions_file) as f:
             entries = json.load(f)
         cats = None
@@ -89,10 +110,13 @@ class CaptionData:
             with open(dataset_json) as f:
                 cats = json.load(f)["categories"]
         self.vocabulary = Vocabulary.load(vocab_file, cats)
-        self.captions: List[List[str]] = [[clean_caption(c) for c in e["captions"]] for e in entries]
+        self.captions: List[List[str]] = [
+            [clean_caption(c) for c in e["captions"]] for e in entries
+        ]
         forms = [f for c in self.vocabulary.categories for f in c.forms]
         self.tokenizer = tokenizer or WordPieceTokenizer(
-            build_word_vocab([c for cs in self.captions for c in cs], forms))
+            build_word_vocab([c for cs in self.captions for c in cs], forms)
+        )
         images = []
         for e in entries:
             path = os.path.join(image_root, e["file_name"])
@@ -101,8 +125,9 @@ class CaptionData:
             images.append(np.asarray(Image.open(path).convert("RGB")))
         self.images = images
         self.matcher = CaptionMatcher(self.vocabulary, self.tokenizer.tokenize)
-        self.mentions = [[self.matcher.match(self.tokenizer.tokenize(c)) for c in cs]
-                         for cs in self.captions]
+        self.mentions = [
+            [self.matcher.match(self.tokenizer.tokenize(c)) for c in cs] for cs in self.captions
+        ]
         self.image_cats = [set(m.category_id for ms in per for m in ms) for per in self.mentions]
         self.forms_by_cat: Dict[int, Tuple[List[str], List[str]]] = {}
         for c in self.vocabulary.categories:
@@ -130,13 +155,14 @@ class CaptionData:
             return None
         # prefer categories sharing a word with the replaced form (same colour or shape)
         words = set(m.form.split())
-        weights = np.array([3.0 if words & set(self.vocabulary.by_id[o].name.split()) else 1.0
-                            for o in others])
+        weights = np.array(
+            [3.0 if words & set(self.vocabulary.by_id[o].name.split()) else 1.0 for o in others]
+        )
         new = others[int(rng.choice(len(others), p=weights / weights.sum()))]
         plural = singularize(m.form) != m.form
         forms = self.forms_by_cat[new][1 if plural else 0]
         form = forms[int(rng.integers(len(forms)))]
-        return " ".join(tokens[: m.left - 1] + [form] + tokens[m.right - 1:])
+        return " ".join(tokens[: m.left - 1] + [form] + tokens[m.right - 1 :])
 
 
 def _cosine_lr(it: int, opts: TinyVLOptions, elapsed: float = 0.0) -> float:
@@ -144,13 +170,20 @@ def _cosine_lr(it: int, opts: TinyVLOptions, elapsed: float = 0.0) -> float:
     slow machine still ends the schedule properly within ``max_minutes``."""
     if it < opts.warmup:
         return opts.lr * (it + 1) / opts.warmup
-    p = max((it - opts.warmup) / max(1, opts.max_iter - opts.warmup),
-            elapsed / (opts.max_minutes * 60.0))
+    p = max(
+        (it - opts.warmup) / max(1, opts.max_iter - opts.warmup),
+        elapsed / (opts.max_minutes * 60.0),
+    )
     return opts.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
 
-def _train_step(model: AlbefITM, data: CaptionData, idx: np.ndarray, rng: np.random.Generator,
-                opts: TinyVLOptions) -> Dict[str, float]:
+def _train_step(
+    model: AlbefITM,
+    data: CaptionData,
+    idx: np.ndarray,
+    rng: np.random.Generator,
+    opts: TinyVLOptions,
+) -> Dict[str, float]:
     b = len(idx)
     caps = [int(rng.integers(len(data.captions[i]))) for i in idx]
     texts = [data.captions[i][c] for i, c in zip(idx, caps)]
@@ -164,12 +197,17 @@ def _train_step(model: AlbefITM, data: CaptionData, idx: np.ndarray, rng: np.ran
     with torch.no_grad():
         model.temp.clamp_(0.001, 0.5)
     sim = img_feat @ txt_feat.t() / model.temp  # [images, texts]
-    pos = torch.tensor([[float(data.caption_true_for(text_cats[j], texts[j], int(idx[i])))
-                         for j in range(b)] for i in range(b)])
+    pos = torch.tensor(
+        [
+            [float(data.caption_true_for(text_cats[j], texts[j], int(idx[i]))) for j in range(b)]
+            for i in range(b)
+        ]
+    )
     pos.fill_diagonal_(1.0)
-    loss_itc = 0.5 * (-(F.log_softmax(sim, 1) * (pos / pos.sum(1, keepdim=True))).sum(1).mean()
-                      - (F.log_softmax(sim.t(), 1) * (pos.t() / pos.t().sum(1, keepdim=True)))
-                      .sum(1).mean())
+    loss_itc = 0.5 * (
+        -(F.log_softmax(sim, 1) * (pos / pos.sum(1, keepdim=True))).sum(1).mean()
+        - (F.log_softmax(sim.t(), 1) * (pos.t() / pos.t().sum(1, keepdim=True))).sum(1).mean()
+    )
     # hard negatives from the contrastive similarities (false negatives masked out)
     with torch.no_grad():
         w_t2i = F.softmax(sim.t().float(), 1).masked_fill(pos.t() > 0, 0) + 1e-8 * (1 - pos.t())
@@ -178,7 +216,9 @@ def _train_step(model: AlbefITM, data: CaptionData, idx: np.ndarray, rng: np.ran
     for j in range(b):
         neg_img.append(int(torch.multinomial(w_t2i[j], 1)) if w_t2i[j].sum() > 0 else (j + 1) % b)
     for i in range(b):
-        swapped = data.swapped(int(idx[i]), caps[i], rng) if rng.random() < opts.swap_fraction else None
+        swapped = (
+            data.swapped(int(idx[i]), caps[i], rng) if rng.random() < opts.swap_fraction else None
+        )
         if swapped is not None:
             neg_txt.append(swapped)
         else:
@@ -186,11 +226,20 @@ def _train_step(model: AlbefITM, data: CaptionData, idx: np.ndarray, rng: np.ran
             neg_txt.append(texts[j])
     neg_ids, neg_mask = data.tokenizer.encode(neg_txt, opts.max_text_len)
     length = max(ids.shape[1], neg_ids.shape[1])
-    ids_all = torch.cat([F.pad(ids, (0, length - ids.shape[1])), F.pad(ids, (0, length - ids.shape[1])),
-                         F.pad(neg_ids, (0, length - neg_ids.shape[1]))])
-    mask_all = torch.cat([F.pad(mask, (0, length - mask.shape[1])),
-                          F.pad(mask, (0, length - mask.shape[1])),
-                          F.pad(neg_mask, (0, length - neg_mask.shape[1]))])
+    ids_all = torch.cat(
+        [
+            F.pad(ids, (0, length - ids.shape[1])),
+            F.pad(ids, (0, length - ids.shape[1])),
+            F.pad(neg_ids, (0, length - neg_ids.shape[1])),
+        ]
+    )
+    mask_all = torch.cat(
+        [
+            F.pad(mask, (0, length - mask.shape[1])),
+            F.pad(mask, (0, length - mask.shape[1])),
+            F.pad(neg_mask, (0, length - neg_mask.shape[1])),
+        ]
+    )
     img_all = torch.cat([img, img[neg_img], img])
     logits = model.itm_logits(img_all, ids_all, mask_all)
     labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long()
@@ -201,9 +250,15 @@ def _train_step(model: AlbefITM, data: CaptionData, idx: np.ndarray, rng: np.ran
     return {"loss_itc": loss_itc.item(), "loss_itm": loss_itm.item(), "itm_acc": acc}
 
 
-def train_tiny_vl(captions_file: str, image_root: str, vocab_file: str, out_dir: str,
-                  opts: TinyVLOptions, dataset_json: Optional[str] = None,
-                  resume: bool = True) -> str:
+def train_tiny_vl(
+    captions_file: str,
+    image_root: str,
+    vocab_file: str,
+    out_dir: str,
+    opts: TinyVLOptions,
+    dataset_json: Optional[str] = None,
+    resume: bool = True,
+) -> str:
     """Trains the tiny model and writes ``out_dir/tiny_albef.pth`` (+ ``vocab.txt``).
 
     Resumable: ``out_dir/last_state.pth`` (model, optimizer, iteration, random state) is written
@@ -232,8 +287,12 @@ def train_tiny_vl(captions_file: str, image_root: str, vocab_file: str, out_dir:
         elapsed_before = st.get("elapsed", 0.0)
         logger.info("Resuming tiny VL training from iteration %d", start)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("Tiny ALBEF: %d parameters, %d words, %d images", n_params, len(data.tokenizer.vocab),
-                len(data))
+    logger.info(
+        "Tiny ALBEF: %d parameters, %d words, %d images",
+        n_params,
+        len(data.tokenizer.vocab),
+        len(data),
+    )
     model.train()
     t0 = time.perf_counter()
     order = rng.permutation(len(data))
@@ -241,7 +300,7 @@ def train_tiny_vl(captions_file: str, image_root: str, vocab_file: str, out_dir:
     for it in range(start, opts.max_iter):
         if pos + opts.batch_size > len(order):
             order, pos = rng.permutation(len(data)), 0
-        idx = order[pos:pos + opts.batch_size]
+        idx = order[pos : pos + opts.batch_size]
         pos += opts.batch_size
         lr = _cosine_lr(it, opts, time.perf_counter() - t0 + elapsed_before)
         for g in optim.param_groups:
@@ -254,27 +313,54 @@ def train_tiny_vl(captions_file: str, image_root: str, vocab_file: str, out_dir:
         if it % 20 == 0 or it + 1 == opts.max_iter:
             per_it = (elapsed - elapsed_before) / (it - start + 1)
             eta = min(per_it * (opts.max_iter - it - 1), max(0.0, opts.max_minutes * 60 - elapsed))
-            logger.info("iter %d/%d  itc %.3f  itm %.3f  itm_acc %.3f  lr %.2e  %.2f s/it  eta %.0f s",
-                        it + 1, opts.max_iter, stats["loss_itc"], stats["loss_itm"], stats["itm_acc"],
-                        lr, per_it, eta)
+            logger.info(
+                "iter %d/%d  itc %.3f  itm %.3f  itm_acc %.3f  lr %.2e  %.2f s/it  eta %.0f s",
+                it + 1,
+                opts.max_iter,
+                stats["loss_itc"],
+                stats["loss_itm"],
+                stats["itm_acc"],
+                lr,
+                per_it,
+                eta,
+            )
         last = it + 1 == opts.max_iter or elapsed > opts.max_minutes * 60
         if (it + 1) % opts.checkpoint_period == 0 or last:
             tmp = state_path + ".tmp"
-            torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(), "iter": it + 1,
-                        "elapsed": elapsed,
-                        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, tmp)
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optim.state_dict(),
+                    "iter": it + 1,
+                    "elapsed": elapsed,
+                    "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                },
+                tmp,
+            )
             os.replace(tmp, state_path)
         if last and it + 1 < opts.max_iter:
-            logger.warning("time budget of %.1f min reached at iteration %d/%d: stopping early",
-                           opts.max_minutes, it + 1, opts.max_iter)
+            logger.warning(
+                "time budget of %.1f min reached at iteration %d/%d: stopping early",
+                opts.max_minutes,
+                it + 1,
+                opts.max_iter,
+            )
             break
     model.eval()
     ckpt = os.path.join(out_dir, "tiny_albef.pth")
-    save_albef_checkpoint(model, ckpt, config={
-        "image_res": model.cfg.image_size, "tokenizer_vocab": data.tokenizer.vocab,
-        "max_text_len": opts.max_text_len, "train_options": dataclasses.asdict(opts),
-        "train_captions": os.path.abspath(captions_file)},
-        extra={"optimizer": optim.state_dict(), "epoch": 0})
+    save_albef_checkpoint(
+        model,
+        ckpt,
+        config={
+            "image_res": model.cfg.image_size,
+            "tokenizer_vocab": data.tokenizer.vocab,
+            "max_text_len": opts.max_text_len,
+            "train_options": dataclasses.asdict(opts),
+            "train_captions": os.path.abspath(captions_file),
+        },
+        extra={"optimizer": optim.state_dict(), "epoch": 0},
+    )
     with open(os.path.join(out_dir, "vocab.txt"), "w") as f:
         f.write("\n".join(data.tokenizer.vocab) + "\n")
     load_albef_checkpoint(ckpt)  # round-trip check of the written file

@@ -1,5 +1,6 @@
 # Copyright (c) det_ext authors.
 """Drawing a pseudo box over its activation heatmap, with the ground-truth boxes when known."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -10,9 +11,14 @@ import numpy as np
 __all__ = ["draw_pseudo_box"]
 
 
-def draw_pseudo_box(image: np.ndarray, act: Optional[np.ndarray], boxes: Sequence[Sequence[float]],
-                    gt_boxes: Sequence[Sequence[float]] = (), title: str = "",
-                    scale: int = 4) -> np.ndarray:
+def draw_pseudo_box(
+    image: np.ndarray,
+    act: Optional[np.ndarray],
+    boxes: Sequence[Sequence[float]],
+    gt_boxes: Sequence[Sequence[float]] = (),
+    title: str = "",
+    scale: int = 4,
+) -> np.ndarray:
     """Heatmap overlay (JET, 50%) + chosen boxes (green) + ground-truth boxes (red) + title.
 
     Args:
@@ -33,8 +39,13 @@ def draw_pseudo_box(image: np.ndarray, act: Optional[np.ndarray], boxes: Sequenc
     canvas = np.ascontiguousarray(canvas)
     for colour, group in (((255, 40, 40), gt_boxes), ((40, 255, 40), boxes)):
         for x, y, bw, bh in group:
-            cv2.rectangle(canvas, (int(round(x * scale)), int(round(y * scale))),
-                          (int(round((x + bw) * scale)), int(round((y + bh) * scale))), colour, 2)
+            cv2.rectangle(
+                canvas,
+                (int(round(x * scale)), int(round(y * scale))),
+                (int(round((x + bw) * scale)), int(round((y + bh) * scale))),
+                colour,
+                2,
+            )
     bar = np.full((16, canvas.shape[1], 3), 255, np.uint8)
     cv2.putText(bar, title[:80], (2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([bar, canvas], axis=0)

@@ -1,5 +1,6 @@
 # Copyright (c) det_ext authors.
 """ALBEF backend: Grad-CAM on the cross-attention of one multimodal layer from the ITM score."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,14 @@ from det_ext.utils.errors import ConfigInputError
 from ..albef import AlbefITM
 from ..checkpoint import CheckpointError, load_albef_checkpoint
 from ..text import WordPieceTokenizer
-from .base import (VL_BACKEND_REGISTRY, Span, VLBackend, cross_attention_gradcam, preprocess_images,
-                   sum_span_rows)
+from .base import (
+    VL_BACKEND_REGISTRY,
+    Span,
+    VLBackend,
+    cross_attention_gradcam,
+    preprocess_images,
+    sum_span_rows,
+)
 
 __all__ = ["AlbefBackend"]
 
@@ -35,11 +42,19 @@ class AlbefBackend(VLBackend):
             first fusion layer (2 = the third, the ALBEF/PB-OVD choice).
         device (str): torch device.
         max_text_len (int): captions are truncated to this many tokens (with [CLS] and [SEP]).
-        per_image (bool): the reference's one-backward-per-pair loop instead of one batched backward.
+        per_image (bool): the reference's one-backward-per-pair loop instead of one batched
+            backward.
     """
 
-    def __init__(self, model: AlbefITM, tokenizer: WordPieceTokenizer, cam_fusion_layer: int = 2,
-                 device: str = "cpu", max_text_len: int = 30, per_image: bool = False):
+    def __init__(
+        self,
+        model: AlbefITM,
+        tokenizer: WordPieceTokenizer,
+        cam_fusion_layer: int = 2,
+        device: str = "cpu",
+        max_text_len: int = 30,
+        per_image: bool = False,
+    ):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.layer = model.cfg.fusion_layer + cam_fusion_layer
@@ -50,8 +65,10 @@ class AlbefBackend(VLBackend):
         self.image_size = model.cfg.image_size
         self.map_hw = (model.cfg.map_size, model.cfg.map_size)
         if tokenizer.vocab and len(tokenizer.vocab) > model.cfg.vocab_size:
-            raise ConfigInputError(f"tokenizer has {len(tokenizer.vocab)} tokens but the model's "
-                                   f"vocabulary has {model.cfg.vocab_size}")
+            raise ConfigInputError(
+                f"tokenizer has {len(tokenizer.vocab)} tokens but the model's "
+                f"vocabulary has {model.cfg.vocab_size}"
+            )
 
     @classmethod
     def from_config(cls, cfg: CfgNode, per_image: Optional[bool] = None) -> "AlbefBackend":
@@ -64,10 +81,18 @@ class AlbefBackend(VLBackend):
         elif config.get("tokenizer_vocab"):
             tokenizer = WordPieceTokenizer(config["tokenizer_vocab"])
         else:
-            raise CheckpointError(f"{c.CHECKPOINT}: no tokenizer vocabulary in the checkpoint; set "
-                                  "PSEUDO.ALBEF.VOCAB_FILE (bert-base-uncased vocab.txt)")
-        return cls(model, tokenizer, c.CAM_FUSION_LAYER, cfg.PSEUDO.DEVICE, c.MAX_TEXT_LEN,
-                   cfg.PSEUDO.PER_IMAGE_REFERENCE if per_image is None else per_image)
+            raise CheckpointError(
+                f"{c.CHECKPOINT}: no tokenizer vocabulary in the checkpoint; set "
+                "PSEUDO.ALBEF.VOCAB_FILE (bert-base-uncased vocab.txt)"
+            )
+        return cls(
+            model,
+            tokenizer,
+            c.CAM_FUSION_LAYER,
+            cfg.PSEUDO.DEVICE,
+            c.MAX_TEXT_LEN,
+            cfg.PSEUDO.PER_IMAGE_REFERENCE if per_image is None else per_image,
+        )
 
     def tokenize(self, text: str) -> List[str]:
         return self.tokenizer.tokenize(text)
@@ -86,20 +111,28 @@ class AlbefBackend(VLBackend):
                 image_embeds = self.model.visual_encoder(pixels)
             with torch.enable_grad():
                 scores = self.model.itm_logits(image_embeds, ids, mask)[:, 1]
-                cams = cross_attention_gradcam(self.attn.attention_probs, scores, mask, self.map_hw,
-                                               per_image=self.per_image, model=self.model)
+                cams = cross_attention_gradcam(
+                    self.attn.attention_probs,
+                    scores,
+                    mask,
+                    self.map_hw,
+                    per_image=self.per_image,
+                    model=self.model,
+                )
         finally:
             self.attn.save_attention = False
             self.attn.attention_probs = None
         return cams
 
-    def span_maps(self, images: Sequence[np.ndarray], captions: Sequence[str],
-                  spans: Sequence[Sequence[Span]]) -> List[List[torch.Tensor]]:
+    def span_maps(
+        self, images: Sequence[np.ndarray], captions: Sequence[str], spans: Sequence[Sequence[Span]]
+    ) -> List[List[torch.Tensor]]:
         return sum_span_rows(self.token_cams(images, captions), spans)
 
     @torch.no_grad()
     def text_embeddings(self, names: Sequence[str]) -> torch.Tensor:
-        """L2-normalised text-encoder [CLS] states of ``"a {name}"`` (text layers only): [K, hidden]."""
+        """L2-normalised text-encoder [CLS] states of ``"a {name}"`` (text layers only): [K,
+        hidden]."""
         ids, mask = self.tokenizer.encode([f"a {n}" for n in names], self.max_text_len)
         h = self.model.text_encoder(ids.to(self.device), mask.to(self.device), mode="text")
         return torch.nn.functional.normalize(h[:, 0], dim=-1).cpu()

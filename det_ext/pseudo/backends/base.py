@@ -1,5 +1,7 @@
 # Copyright (c) det_ext authors.
-"""The vision-language backend interface, its registry, preprocessing and cross-attention Grad-CAM."""
+"""The vision-language backend interface, its registry, preprocessing and cross-attention
+Grad-CAM."""
+
 from __future__ import annotations
 
 from typing import List, Sequence, Tuple
@@ -9,8 +11,15 @@ import torch
 from detectron2.utils.registry import Registry
 from PIL import Image
 
-__all__ = ["VL_BACKEND_REGISTRY", "VLBackend", "preprocess_images", "cross_attention_gradcam",
-           "CLIP_MEAN", "CLIP_STD", "Span"]
+__all__ = [
+    "VL_BACKEND_REGISTRY",
+    "VLBackend",
+    "preprocess_images",
+    "cross_attention_gradcam",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "Span",
+]
 
 VL_BACKEND_REGISTRY = Registry("VL_BACKEND")
 VL_BACKEND_REGISTRY.__doc__ = """
@@ -24,8 +33,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 Span = Tuple[int, int]  # [left, right) token positions in the encoded caption ([CLS] = 0)
 
 
-def preprocess_images(images: Sequence[np.ndarray], size: int, mean=CLIP_MEAN, std=CLIP_STD,
-                      device: str = "cpu") -> torch.Tensor:
+def preprocess_images(
+    images: Sequence[np.ndarray], size: int, mean=CLIP_MEAN, std=CLIP_STD, device: str = "cpu"
+) -> torch.Tensor:
     """ALBEF preprocessing: bicubic resize to ``size`` x ``size`` (aspect ratio not kept), [0, 1],
     normalised with the CLIP mean and std.
 
@@ -46,24 +56,30 @@ def preprocess_images(images: Sequence[np.ndarray], size: int, mean=CLIP_MEAN, s
     return ((x - m) / s).to(device)
 
 
-def cross_attention_gradcam(probs: torch.Tensor, scores: torch.Tensor, text_mask: torch.Tensor,
-                            map_hw: Tuple[int, int], per_image: bool = False,
-                            model: torch.nn.Module = None) -> torch.Tensor:
+def cross_attention_gradcam(
+    probs: torch.Tensor,
+    scores: torch.Tensor,
+    text_mask: torch.Tensor,
+    map_hw: Tuple[int, int],
+    per_image: bool = False,
+    model: torch.nn.Module = None,
+) -> torch.Tensor:
     """Word-level Grad-CAM on cross-attention probabilities (ALBEF ``get_activation_map``).
 
     CAM[b, t] = mean over heads of A[b, :, t, 1:] * relu(d s_b / d A[b, :, t, 1:]), times the text
     mask, reshaped to the patch grid; the image [CLS] key is dropped.
 
     Args:
-        probs (Tensor): post-softmax attention [B, heads, L, 1 + h*w], part of the graph of ``scores``.
+        probs (Tensor): post-softmax attention [B, heads, L, 1 + h*w], part of the graph of
+            ``scores``.
         scores (Tensor): [B] target per pair (raw ITM "match" logit).
         text_mask (Tensor): [B, L] 1 for real tokens.
         map_hw (tuple): (h, w) patch grid.
         per_image (bool): False: one backward pass on sum_b s_b (each s_b depends only on its own
             pair, so the gradients are the same); True: the reference loop, one backward per pair
             through the whole model (``retain_graph``), for parity tests and timing.
-        model (Module or None): with ``per_image``, its parameter gradients are zeroed per pair as in
-            the reference.
+        model (Module or None): with ``per_image``, its parameter gradients are zeroed per pair as
+            in the reference.
 
     Returns:
         Tensor: [B, L, h, w] maps (detached).
@@ -98,8 +114,9 @@ class VLBackend:
     def tokenize(self, text: str) -> List[str]:
         raise NotImplementedError
 
-    def span_maps(self, images: Sequence[np.ndarray], captions: Sequence[str],
-                  spans: Sequence[Sequence[Span]]) -> List[List[torch.Tensor]]:
+    def span_maps(
+        self, images: Sequence[np.ndarray], captions: Sequence[str], spans: Sequence[Sequence[Span]]
+    ) -> List[List[torch.Tensor]]:
         """Activation maps of each span of each (image, caption) pair, in one batch.
 
         Args:

@@ -1,6 +1,7 @@
 # Copyright (c) det_ext authors.
 """BLIP backend (transformers ``BlipForImageTextRetrieval``): Grad-CAM on the cross-attention of one
 text-encoder layer from the ITM "match" logit, as for ALBEF."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,14 @@ from det_ext.utils.errors import ConfigInputError
 
 from ..checkpoint import CheckpointError
 from ..text import WordPieceTokenizer
-from .base import (VL_BACKEND_REGISTRY, Span, VLBackend, cross_attention_gradcam, preprocess_images,
-                   sum_span_rows)
+from .base import (
+    VL_BACKEND_REGISTRY,
+    Span,
+    VLBackend,
+    cross_attention_gradcam,
+    preprocess_images,
+    sum_span_rows,
+)
 
 __all__ = ["BlipBackend"]
 
@@ -30,12 +37,24 @@ class BlipBackend(VLBackend):
         cam_layer (int): text-encoder layer whose cross-attention is used.
     """
 
-    def __init__(self, model, tokenizer: WordPieceTokenizer, cam_layer: int = 8, device: str = "cpu",
-                 max_text_len: int = 35, per_image: bool = False):
+    def __init__(
+        self,
+        model,
+        tokenizer: WordPieceTokenizer,
+        cam_layer: int = 8,
+        device: str = "cpu",
+        max_text_len: int = 35,
+        per_image: bool = False,
+    ):
         layers = model.text_encoder.encoder.layer
-        if not 0 <= cam_layer < len(layers) or getattr(layers[cam_layer], "crossattention", None) is None:
-            raise ConfigInputError(f"PSEUDO.BLIP.CAM_LAYER {cam_layer}: no cross-attention there "
-                                   f"(the text encoder has {len(layers)} layers)")
+        if (
+            not 0 <= cam_layer < len(layers)
+            or getattr(layers[cam_layer], "crossattention", None) is None
+        ):
+            raise ConfigInputError(
+                f"PSEUDO.BLIP.CAM_LAYER {cam_layer}: no cross-attention there "
+                f"(the text encoder has {len(layers)} layers)"
+            )
         self.model = model.to(device).eval()
         self.attn = layers[cam_layer].crossattention.self
         self.tokenizer = tokenizer
@@ -57,9 +76,14 @@ class BlipBackend(VLBackend):
         except (OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{folder}: cannot load BlipForImageTextRetrieval: {e}") from None
         tokenizer = WordPieceTokenizer.from_file(os.path.join(folder, "vocab.txt"))
-        return cls(model, tokenizer, cfg.PSEUDO.BLIP.CAM_LAYER, cfg.PSEUDO.DEVICE,
-                   cfg.PSEUDO.BLIP.MAX_TEXT_LEN,
-                   cfg.PSEUDO.PER_IMAGE_REFERENCE if per_image is None else per_image)
+        return cls(
+            model,
+            tokenizer,
+            cfg.PSEUDO.BLIP.CAM_LAYER,
+            cfg.PSEUDO.DEVICE,
+            cfg.PSEUDO.BLIP.MAX_TEXT_LEN,
+            cfg.PSEUDO.PER_IMAGE_REFERENCE if per_image is None else per_image,
+        )
 
     def tokenize(self, text: str) -> List[str]:
         return self.tokenizer.tokenize(text)
@@ -73,13 +97,22 @@ class BlipBackend(VLBackend):
         hook = self.attn.register_forward_hook(lambda mod, inp, out: store.__setitem__("p", out[1]))
         try:
             with torch.enable_grad():
-                out = self.model(input_ids=ids, attention_mask=mask, pixel_values=pixels,
-                                 use_itm_head=True)
-                cams = cross_attention_gradcam(store["p"], out.itm_score[:, 1], mask, self.map_hw,
-                                               per_image=self.per_image, model=self.model)
+                out = self.model(
+                    input_ids=ids, attention_mask=mask, pixel_values=pixels, use_itm_head=True
+                )
+                cams = cross_attention_gradcam(
+                    store["p"],
+                    out.itm_score[:, 1],
+                    mask,
+                    self.map_hw,
+                    per_image=self.per_image,
+                    model=self.model,
+                )
         finally:
             hook.remove()
         return cams
 
-    def span_maps(self, images, captions, spans: Sequence[Sequence[Span]]) -> List[List[torch.Tensor]]:
+    def span_maps(
+        self, images, captions, spans: Sequence[Sequence[Span]]
+    ) -> List[List[torch.Tensor]]:
         return sum_span_rows(self.token_cams(images, captions), spans)
