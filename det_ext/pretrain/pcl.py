@@ -20,8 +20,17 @@ from .moco import MomentumContrast
 __all__ = ["kmeans", "cluster_density", "run_e_step", "proto_logits", "PCL"]
 
 
-def _sq_dists(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    return ((x * x).sum(1, keepdim=True) - 2.0 * x @ c.T + (c * c).sum(1)[None]).clamp_min_(0.0)
+def _assign(x: torch.Tensor, c: torch.Tensor, chunk: int = 8192
+            ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of each point, in row chunks (memory chunk x k): (sq. distance, index)."""
+    c_sq = (c * c).sum(1)[None]
+    dists, ids = [], []
+    for part in torch.split(x, chunk):
+        d = ((part * part).sum(1, keepdim=True) - 2.0 * part @ c.T + c_sq).clamp_min_(0.0)
+        m, i = d.min(dim=1)
+        dists.append(m)
+        ids.append(i)
+    return torch.cat(dists), torch.cat(ids)
 
 
 def kmeans(x: torch.Tensor, k: int, niter: int = 20, nredo: int = 1, seed: int = 0
@@ -47,20 +56,18 @@ def kmeans(x: torch.Tensor, k: int, niter: int = 20, nredo: int = 1, seed: int =
     gen = torch.Generator().manual_seed(seed)
     best = None
     for _ in range(max(1, nredo)):
-        cent = x[torch.randperm(n, generator=gen)[:k]].clone()
+        cent = x[torch.randperm(n, generator=gen)[:k].to(x.device)].clone()
         for _ in range(niter + 1):
-            d = _sq_dists(x, cent)
-            dist_own, assign = d.min(dim=1)
+            dist_own, assign = _assign(x, cent)
             counts = torch.bincount(assign, minlength=k)
             sums = torch.zeros_like(cent).index_add_(0, assign, x)
             new = sums / counts.clamp_min(1)[:, None].to(x.dtype)
             empty = (counts == 0).nonzero().flatten()
             if len(empty):
-                far = torch.argsort(dist_own, descending=True)[:len(empty)]
+                far = torch.argsort(dist_own, descending=True)[:len(empty)]  # re-seed empties
                 new[empty] = x[far]
             cent = new
-        d = _sq_dists(x, cent)
-        dist_own, assign = d.min(dim=1)
+        dist_own, assign = _assign(x, cent)
         obj = float(dist_own.sum())
         if best is None or obj < best[0]:
             best = (obj, cent, assign, dist_own)
@@ -83,7 +90,8 @@ def cluster_density(sq_dist: torch.Tensor, assign: torch.Tensor, k: int, tempera
         Tensor: phi [k].
     """
     counts = torch.bincount(assign, minlength=k).to(sq_dist.dtype)
-    sums = torch.zeros(k, dtype=sq_dist.dtype).index_add_(0, assign, sq_dist.sqrt())
+    sums = torch.zeros(k, dtype=sq_dist.dtype, device=sq_dist.device).index_add_(
+        0, assign, sq_dist.sqrt())
     phi = sums / counts.clamp_min(1) / torch.log(counts + alpha)
     small = counts <= 1
     if (~small).any():
@@ -91,7 +99,7 @@ def cluster_density(sq_dist: torch.Tensor, assign: torch.Tensor, k: int, tempera
     else:
         phi[:] = 1.0
     lo, hi = torch.quantile(phi, torch.tensor([clip[0] / 100.0, clip[1] / 100.0],
-                                              dtype=phi.dtype))
+                                              dtype=phi.dtype, device=phi.device))
     phi = phi.clamp(float(lo), float(hi))
     return temperature * phi / phi.mean()
 

@@ -173,7 +173,7 @@ class PretrainRunner:
             return
         t0 = time.perf_counter()
         feats = compute_features(self.model.encoder_k, self.samples.images, self.eval_transform)
-        clusters = run_e_step(feats, c.NUM_CLUSTERS, self.cfg.PRETRAIN.MOCO.TEMPERATURE,
+        clusters = run_e_step(feats.to(self.device), c.NUM_CLUSTERS, self.cfg.PRETRAIN.MOCO.TEMPERATURE,
                               c.KMEANS_ITERS, c.KMEANS_REDO, c.DENSITY_ALPHA, c.DENSITY_CLIP)
         self.model.set_clusters({k: [t.to(self.device) for t in v] for k, v in clusters.items()})
         logger.info("epoch %d E-step: k-means %s in %.1fs", epoch, list(c.NUM_CLUSTERS),
