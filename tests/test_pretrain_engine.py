@@ -272,3 +272,21 @@ def test_encoder_heads_names():
     assert not any(n.startswith("fc.") for n in names)
     out = ResNetEncoder("resnet18", "mopro", dim=16, num_classes=4)(torch.randn(2, 3, 32, 32))
     assert out["logits"].shape == (2, 4) and out["embedding"].shape == (2, 16)
+
+
+def test_linear_probe_and_tail_accuracy():
+    from det_ext.pretrain.probe import probe_accuracy, tail_classes, train_linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.eye(4) * 6
+    labels = torch.tensor([0] * 40 + [1] * 20 + [2] * 5 + [3] * 2)
+    feats = centers[labels] + torch.randn(len(labels), 4, generator=g)
+    clf = train_linear_probe(feats, labels, 4, epochs=200)
+    tail = tail_classes(["f", "f", "c", "r"])
+    assert tail.tolist() == [2, 3]
+    val_labels = torch.tensor([0, 1, 2, 3, 3])
+    val = centers[val_labels]
+    val[4] = centers[0]  # a tail sample that looks like class 0: wrong
+    acc = probe_accuracy(clf, val, val_labels, tail)
+    assert acc["acc"] == pytest.approx(80.0) and acc["tail_acc"] == pytest.approx(200 / 3)
+    assert acc["num_tail_samples"] == 3

@@ -49,7 +49,8 @@ FORMAT_PREFIXES: Dict[str, Tuple[str, ...]] = {
     "torchvision": ("", "module."),
 }
 # Top-level names (after the prefix) that are heads or method state, never backbone weights.
-_DROPPED_HEADS = ("fc", "fc1", "fc2", "classifier", "queue", "queue_ptr", "prototypes")
+_DROPPED_HEADS = ("fc", "fc1", "fc2", "classifier", "queue", "queue_ptr", "prototypes",
+                  "centroids")
 _BACKBONE_KEY = re.compile(r"^(conv1\.|bn1\.|layer[1-4]\.)")
 _DEPTHS = {(2, 2, 2, 2, False): 18, (3, 4, 6, 3, False): 34, (3, 4, 6, 3, True): 50,
            (3, 4, 23, 3, True): 101, (3, 8, 36, 3, True): 152}
