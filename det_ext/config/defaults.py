@@ -41,6 +41,9 @@ def add_det_ext_config(cfg: CN) -> None:
     Args:
         cfg (CfgNode): a config from ``detectron2.config.get_cfg()``.
     """
+    from det_ext import register_all
+
+    register_all()  # every component the keys below can name is then registered
     _add_engine_config(cfg)
     _add_evaluation_config(cfg)
     _add_lt_shapes_config(cfg)
