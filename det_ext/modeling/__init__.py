@@ -5,3 +5,4 @@ Each component family is a subpackage imported here for its registration side ef
 """
 from . import noisy  # noqa: F401
 from . import simcal  # noqa: F401
+from . import open_vocab  # noqa: F401
