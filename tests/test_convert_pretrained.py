@@ -131,7 +131,8 @@ def test_loads_into_detectron2_r18_fpn(tmp_path):
     bottom_up = [k for k in sd if k.startswith("backbone.bottom_up.")]
     assert len(bottom_up) == 120
     for k in bottom_up:  # every backbone entry covered and replaced by the checkpoint's value
-        torch.testing.assert_close(sd[k], torch.as_tensor(converted[k[len("backbone.bottom_up."):]]))
+        name = k[len("backbone.bottom_up."):]
+        torch.testing.assert_close(sd[k], torch.as_tensor(converted[name]))
     torch.testing.assert_close(sd["backbone.bottom_up.res4.0.shortcut.norm.running_mean"],
                                q["layer3.0.downsample.1.running_mean"])
 

@@ -254,7 +254,8 @@ def test_class_aware_sampler_balances_classes():
     s1 = ClassAwareSampler(labels, 3000, exponent=1.0, seed=0)  # exponent 1: instance-balanced
     counts = torch.bincount(labels[torch.tensor(list(s1))], minlength=3).float() / 3000
     assert abs(float(counts[0]) - 0.9) < 0.04
-    assert list(ClassAwareSampler(labels, 50, seed=3)) == list(ClassAwareSampler(labels, 50, seed=3))
+    assert list(ClassAwareSampler(labels, 50, seed=3)) == \
+        list(ClassAwareSampler(labels, 50, seed=3))
 
 
 def test_label_noise():

@@ -6,7 +6,8 @@ and one from a class-aware sampler (x_b, y_b) are interpolated, and the interpol
 embedding must retrieve the centroids of both source classes. Our choices (all configurable,
 documented in docs/backbones.md as assumptions):
 
-- x~ = lam x_a + (1 - lam) x_b (mixup) or a CutMix box (lam = kept area), lam ~ Beta(a, a) per sample;
+- x~ = lam x_a + (1 - lam) x_b (mixup) or a CutMix box (lam = kept area), lam ~ Beta(a, a) per
+  sample;
 - centroids C [num_classes, dim]: EMA of momentum-encoder embeddings of both samplers' images,
   L2-normalised;
 - L_icc = -lam log softmax(z~ . C^T / tau)[y_a] - (1 - lam) log softmax(z~ . C^T / tau)[y_b];

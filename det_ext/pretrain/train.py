@@ -173,7 +173,8 @@ class PretrainRunner:
             return
         t0 = time.perf_counter()
         feats = compute_features(self.model.encoder_k, self.samples.images, self.eval_transform)
-        clusters = run_e_step(feats.to(self.device), c.NUM_CLUSTERS, self.cfg.PRETRAIN.MOCO.TEMPERATURE,
+        clusters = run_e_step(feats.to(self.device), c.NUM_CLUSTERS,
+                              self.cfg.PRETRAIN.MOCO.TEMPERATURE,
                               c.KMEANS_ITERS, c.KMEANS_REDO, c.DENSITY_ALPHA, c.DENSITY_CLIP)
         self.model.set_clusters({k: [t.to(self.device) for t in v] for k, v in clusters.items()})
         logger.info("epoch %d E-step: k-means %s in %.1fs", epoch, list(c.NUM_CLUSTERS),
@@ -193,7 +194,8 @@ class PretrainRunner:
                 self.e_step(epoch)
             main, class_aware, n_iter = self._loaders(epoch)
             sums: Dict[str, float] = {}
-            batches = zip(main, class_aware) if class_aware is not None else ((b, None) for b in main)
+            batches = (zip(main, class_aware) if class_aware is not None
+                       else ((b, None) for b in main))
             for it, (batch, batch_b) in enumerate(batches):
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 if batch_b is not None:
