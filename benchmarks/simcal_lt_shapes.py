@@ -9,7 +9,8 @@ instance-count bins AP1..AP4, in percent). Also measures the time per calibratio
 inference time per image of ``dual`` relative to the plain baseline detector (same images,
 interleaved, batch 1).
 
-    flock /tmp/det_ext_heavy.lock python benchmarks/simcal_lt_shapes.py --out results.json [--seed N]
+    flock /tmp/det_ext_heavy.lock python benchmarks/simcal_lt_shapes.py --out results.json \
+        [--seed N]
 
 Writes ``--out`` (JSON), ``<out>.md`` (table), ``<out>.png`` (bar chart) and
 ``<out>_details.json`` (world, T, low-shot classes, iterations, per-mode timings). Every stage is
@@ -49,7 +50,8 @@ def _names(seed: int) -> Dict[str, str]:
 
 def _same_world(output_dir: str, train_name: str) -> bool:
     """True if ``output_dir`` holds a finished baseline trained on ``train_name``."""
-    ckpt, dumped = os.path.join(output_dir, "model_final.pth"), os.path.join(output_dir, "config.yaml")
+    ckpt = os.path.join(output_dir, "model_final.pth")
+    dumped = os.path.join(output_dir, "config.yaml")
     if not (os.path.isfile(ckpt) and os.path.isfile(dumped)):
         return False
     from detectron2.config import CfgNode
@@ -79,7 +81,8 @@ def calibrate(names: Dict[str, str], weights: str, work: str, opts: List[str]) -
     from det_ext.engine.simcal_trainer import SimCalTrainer
 
     out = os.path.join(work, "calibration")
-    cfg = build_config(SIMCAL_CFG, ["DATASETS.TRAIN", f"('{names['train']}',)", "DATASETS.TEST", "()",
+    cfg = build_config(SIMCAL_CFG, ["DATASETS.TRAIN", f"('{names['train']}',)",
+                                    "DATASETS.TEST", "()",
                                     "MODEL.WEIGHTS", weights, "OUTPUT_DIR", out, *opts])
     final = os.path.join(out, "model_final.pth")
     if not os.path.isfile(final):
@@ -119,7 +122,8 @@ def evaluate_modes(cal_cfg, names: Dict[str, str], weights: str, work: str) -> D
     return results
 
 
-def time_inference(cal_cfg, names, base_weights, cal_weights, num_images: int) -> Dict[str, float]:
+def time_inference(cal_cfg, names, base_weights, cal_weights, num_images: int,
+                   base_opts: List[str] = ()) -> Dict[str, float]:
     """Seconds per image of the plain baseline and of ``dual``, interleaved on the same images."""
     import cv2
     from detectron2.checkpoint import DetectionCheckpointer
@@ -127,7 +131,7 @@ def time_inference(cal_cfg, names, base_weights, cal_weights, num_images: int) -
 
     from det_ext.engine.simcal_trainer import SimCalTrainer
 
-    base_cfg = build_config(BASE_CFG, ["DATASETS.TEST", f"('{names['val']}',)"])
+    base_cfg = build_config(BASE_CFG, ["DATASETS.TEST", f"('{names['val']}',)", *base_opts])
     base = DetExtTrainer.build_model(base_cfg)
     DetectionCheckpointer(base).load(base_weights)
     dual = SimCalTrainer.build_model(cal_cfg)
@@ -161,10 +165,12 @@ def _table(res: Dict[str, Any]) -> str:
         lines += [f"### {task}", "", "| mode | " + " | ".join(KEYS) + " |",
                   "|---|" + "---|" * len(KEYS)]
         for mode in MODES:
-            lines.append(f"| {mode} | " + " | ".join(f"{res[task][mode][k]:.1f}" for k in KEYS) + " |")
+            cells = " | ".join(f"{res[task][mode][k]:.1f}" for k in KEYS)
+            lines.append(f"| {mode} | {cells} |")
         lines.append("")
     lines.append(f"seconds per calibration iteration: {res['seconds_per_calibration_iter']:.3f}; "
-                 f"dual / baseline inference time per image: {res['dual_inference_time_ratio']:.3f}")
+                 "dual / baseline inference time per image: "
+                 f"{res['dual_inference_time_ratio']:.3f}")
     return "\n".join(lines) + "\n"
 
 
@@ -204,7 +210,8 @@ def main(args: argparse.Namespace) -> None:
     t_base = time.time() - t0
     cal_opts = ["SEED", str(args.train_seed)]
     if args.calib_iters:  # keep the config's relative lr-decay points
-        ref = build_config(SIMCAL_CFG, ["DATASETS.TRAIN", f"('{names['train']}',)", "DATASETS.TEST", "()"])
+        ref = build_config(SIMCAL_CFG, ["DATASETS.TRAIN", f"('{names['train']}',)",
+                                        "DATASETS.TEST", "()"])
         steps = tuple(round(s * args.calib_iters / ref.SIMCAL.SOLVER.MAX_ITER)
                       for s in ref.SIMCAL.SOLVER.STEPS)
         cal_opts += ["SIMCAL.SOLVER.MAX_ITER", str(args.calib_iters),
@@ -217,7 +224,8 @@ def main(args: argparse.Namespace) -> None:
     res: Dict[str, Any] = {task: {m: {k: float(metrics[m][task][k]) for k in KEYS} for m in MODES}
                            for task in ("bbox", "segm")}
     res["seconds_per_calibration_iter"] = cal["seconds_per_iter"]
-    res["dual_inference_time_ratio"] = timing["dual_seconds_per_image"] / timing["baseline_seconds_per_image"]
+    res["dual_inference_time_ratio"] = (timing["dual_seconds_per_image"]
+                                        / timing["baseline_seconds_per_image"])
     atomic_write_json(args.out, res, indent=2)
     stem = os.path.splitext(args.out)[0]
     with atomic_open(stem + ".md") as f:
@@ -235,7 +243,8 @@ def main(args: argparse.Namespace) -> None:
                                                  stats.instance_counts, stats.frequency),
         "low_shot_classes": [i for i, v in enumerate(low_shot_classes(
             names["train"], c.SIMCAL.DUAL_THRESHOLD, c.SIMCAL.DUAL_STATISTIC).tolist()) if v],
-        "calibration_iters": c.SIMCAL.SOLVER.MAX_ITER, "calibration_steps": list(c.SIMCAL.SOLVER.STEPS),
+        "calibration_iters": c.SIMCAL.SOLVER.MAX_ITER,
+        "calibration_steps": list(c.SIMCAL.SOLVER.STEPS),
         "ims_per_batch": c.SIMCAL.IMS_PER_BATCH, "head": c.SIMCAL.HEAD, "timing": timing,
         "wall_seconds": {"baseline": t_base, "calibration": t_cal, "total": time.time() - t0},
         "torch_threads": args.threads,
@@ -249,7 +258,8 @@ if __name__ == "__main__":
     parser.add_argument("--out", required=True, help="results JSON path")
     parser.add_argument("--seed", type=int, default=0, help="LT-Shapes world seed")
     parser.add_argument("--train-seed", type=int, default=0, help="SEED of training/calibration")
-    parser.add_argument("--work-dir", default="", help="default: output/simcal_bench_[seedN_]lt_shapes")
+    parser.add_argument("--work-dir", default="",
+                        help="default: output/simcal_bench_[seedN_]lt_shapes")
     parser.add_argument("--calib-iters", type=int, default=0,
                         help="override SIMCAL.SOLVER.MAX_ITER (0: the config's)")
     parser.add_argument("--timing-images", type=int, default=100)

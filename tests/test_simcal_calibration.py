@@ -94,7 +94,8 @@ def test_3fc_ft_head_is_a_copy_of_the_loaded_box_head(calibrated, baseline):
     base = torch.load(baseline, map_location="cpu", weights_only=False)["model"]
     for name in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"):
         assert torch.equal(init[CALIB + "trunk." + name], base["roi_heads.box_head." + name])
-    assert torch.equal(init[CALIB + "cls_score.weight"], base["roi_heads.box_predictor.cls_score.weight"])
+    assert torch.equal(init[CALIB + "cls_score.weight"],
+                       base["roi_heads.box_predictor.cls_score.weight"])
     assert int(init[CALIB + "initialized"]) == 1
 
 

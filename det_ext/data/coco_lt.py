@@ -83,7 +83,8 @@ def resolve_target_counts(categories: List[dict], counts: Optional[Mapping[str, 
     for c in cats:
         value = counts.get(c["name"], counts.get(str(c["id"])))
         if value is None:
-            raise DatasetFormatError(f"{source}: no count for category '{c['name']}' (id {c['id']})")
+            raise DatasetFormatError(f"{source}: no count for category '{c['name']}' "
+                                     f"(id {c['id']})")
         if int(value) < 0:
             raise DatasetFormatError(f"{source}: negative count for category '{c['name']}'")
         out[c["id"]] = int(value)
@@ -162,7 +163,8 @@ def build_coco_lt_train(coco: Dict[str, Any], targets: Mapping[int, int], seed: 
     return _assemble(coco, kept, removed_from)
 
 
-def _assemble(coco: Dict[str, Any], kept: List[dict], removed_from: Dict[int, set]) -> Dict[str, Any]:
+def _assemble(coco: Dict[str, Any], kept: List[dict],
+              removed_from: Dict[int, set]) -> Dict[str, Any]:
     all_cats = sorted(c["id"] for c in coco["categories"])
     present: Dict[int, set] = defaultdict(set)  # classes annotated in the original image
     for a in coco["annotations"]:

@@ -28,7 +28,8 @@ def class_to_image_index(dataset_dicts: Sequence[dict], num_classes: int) -> Lis
     """For each class, the indices of the images that contain at least one (non-crowd) instance."""
     index: List[list] = [[] for _ in range(num_classes)]
     for i, d in enumerate(dataset_dicts):
-        for c in sorted({a["category_id"] for a in d.get("annotations", []) if not a.get("iscrowd", 0)}):
+        anns = d.get("annotations", [])
+        for c in sorted({a["category_id"] for a in anns if not a.get("iscrowd", 0)}):
             if not 0 <= c < num_classes:
                 raise ValueError(f"image {d.get('image_id', i)}: category_id {c} outside "
                                  f"0..{num_classes - 1}")
@@ -75,7 +76,8 @@ class BiLevelClassBalancedDataset(torch.utils.data.IterableDataset):
             step = []
             for c in classes:
                 imgs = self.class_images[int(c)]
-                step += [(int(c), int(imgs[j])) for j in rng.integers(0, len(imgs), self.images_per_class)]
+                picks = rng.integers(0, len(imgs), self.images_per_class)
+                step += [(int(c), int(imgs[j])) for j in picks]
             yield step
 
     def __iter__(self) -> Iterator[Dict]:
@@ -99,7 +101,8 @@ def build_simcal_train_loader(cfg: CfgNode, mapper: Optional[DatasetMapper] = No
     world = comm.get_world_size()
     ims, ncls = cfg.SIMCAL.IMS_PER_BATCH, cfg.SIMCAL.CLASSES_PER_BATCH
     if ims % world or ncls % world:
-        raise ConfigInputError(f"SIMCAL.IMS_PER_BATCH ({ims}) and SIMCAL.CLASSES_PER_BATCH ({ncls}) "
+        raise ConfigInputError(f"SIMCAL.IMS_PER_BATCH ({ims}) and SIMCAL.CLASSES_PER_BATCH "
+                               f"({ncls}) "
                                f"must be divisible by the number of processes ({world})")
     if ncls <= 0 or (ims // world) % (ncls // world):
         raise ConfigInputError(f"SIMCAL.IMS_PER_BATCH ({ims}) must be a multiple of "
@@ -114,7 +117,8 @@ def build_simcal_train_loader(cfg: CfgNode, mapper: Optional[DatasetMapper] = No
     logger.info("SimCal bi-level sampler: %d candidate classes, %d classes x %d images per step",
                 len(dataset.candidates), ncls, ims // ncls)
     if mapper is None:  # the calibration head needs boxes and classes only: skip mask decoding
-        mapper = DatasetMapper(**{**DatasetMapper.from_config(cfg, True), "use_instance_mask": False})
+        kwargs = DatasetMapper.from_config(cfg, True)
+        mapper = DatasetMapper(**{**kwargs, "use_instance_mask": False})
     return build_detection_train_loader(
         dataset=dataset, mapper=mapper, sampler=None,
         total_batch_size=ims, aspect_ratio_grouping=False, num_workers=cfg.DATALOADER.NUM_WORKERS)

@@ -39,7 +39,8 @@ def combine_scores(original: torch.Tensor, calibrated: torch.Tensor, low_shot: t
         raise ValueError(f"unknown SimCal inference mode '{mode}' (choose from {INFERENCE_MODES})")
     num_classes = original.shape[1] - 1
     if low_shot.shape != (num_classes,):
-        raise ValueError(f"low-shot mask has shape {tuple(low_shot.shape)}, expected ({num_classes},)")
+        raise ValueError(f"low-shot mask has shape {tuple(low_shot.shape)}, "
+                         f"expected ({num_classes},)")
     column = torch.cat([low_shot.to(original.device, torch.bool),
                         low_shot.new_zeros(1, dtype=torch.bool).to(original.device)])
     return torch.where(column[None, :], calibrated, original)

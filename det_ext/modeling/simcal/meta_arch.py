@@ -25,7 +25,8 @@ class SimCalRCNN(GeneralizedRCNN):
     Every parameter except the calibration head's has ``requires_grad=False``, and every module
     except the calibration head stays in eval mode even under ``model.train()`` (frozen batch-norm
     statistics, test-time RPN behaviour). Parameter names are those of ``GeneralizedRCNN``, so a
-    baseline checkpoint loads as it is; a calibrated checkpoint adds ``roi_heads.calibration_head.*``.
+    baseline checkpoint loads as it is; a calibrated checkpoint adds
+    ``roi_heads.calibration_head.*``.
 
     In training mode ``forward`` returns ``{"loss_simcal_cls"}`` for a bi-level sampled batch:
     each input dict must carry ``"simcal_class"``, the (contiguous) class sampled for it. In eval

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -13,6 +14,7 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import log_first_n
 
 from det_ext.utils.errors import ConfigInputError
 
@@ -105,6 +107,10 @@ class SimCalROIHeads(StandardROIHeads):
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         if self.training or self.inference_mode == "original":
             return super()._forward_box(features, proposals)
+        if int(self.calibration_head.initialized) == 0:
+            log_first_n(logging.WARNING, "SimCal: the calibration head was never initialised "
+                        "or trained (a baseline checkpoint?); '%s' scores are not calibrated"
+                        % self.inference_mode, n=1)
         feats = [features[f] for f in self.box_in_features]
         pooled = self.box_pooler(feats, [x.proposal_boxes for x in proposals])  # (R, Cf, P, P)
         predictions = self.box_predictor(self.box_head(pooled))
@@ -113,7 +119,8 @@ class SimCalROIHeads(StandardROIHeads):
         probs = self.box_predictor.predict_probs(predictions, proposals)
         cal_probs = cal_probs.split([len(p) for p in proposals])
         low_shot = self.low_shot if self.inference_mode == "dual" else None
-        scores = [combine_scores(p, q, low_shot, self.inference_mode) for p, q in zip(probs, cal_probs)]
+        scores = [combine_scores(p, q, low_shot, self.inference_mode)
+                  for p, q in zip(probs, cal_probs)]
         pred = self.box_predictor
         instances, _ = fast_rcnn_inference(boxes, scores, [x.image_size for x in proposals],
                                            pred.test_score_thresh, pred.test_nms_thresh,

@@ -46,7 +46,8 @@ def frozen_rpn_proposals(rpn: torch.nn.Module, images: ImageList,
     logits = [s.permute(0, 2, 3, 1).flatten(1) for s in logits]  # (N, Hi*Wi*A)
     box_dim = rpn.anchor_generator.box_dim
     deltas = [  # (N, A*B, Hi, Wi) -> (N, Hi*Wi*A, B)
-        x.view(x.shape[0], -1, box_dim, x.shape[-2], x.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2)
+        x.view(x.shape[0], -1, box_dim, x.shape[-2], x.shape[-1])
+        .permute(0, 3, 4, 1, 2).flatten(1, -2)
         for x in deltas
     ]
     boxes = rpn._decode_proposals(anchors, deltas)
@@ -109,7 +110,8 @@ def compose_calibration_batch(labels_per_image: Sequence[torch.Tensor],
         list[Tensor]: per image, int64 indices into that image's RoIs to keep.
     """
     if len(labels_per_image) != len(sampled_classes):
-        raise ValueError(f"{len(labels_per_image)} images but {len(sampled_classes)} sampled classes")
+        raise ValueError(f"{len(labels_per_image)} images but {len(sampled_classes)} "
+                         "sampled classes")
     pos_idx, neg_img, neg_idx = [], [], []
     for i, (labels, cls) in enumerate(zip(labels_per_image, sampled_classes)):
         pos_idx.append(nonzero_tuple(labels == int(cls))[0])
