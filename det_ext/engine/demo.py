@@ -41,7 +41,7 @@ def run_demo(output_dir: str, config_file: str = DEFAULT_DEMO_CONFIG,
     trainer = DetExtTrainer(cfg)
     trainer.resume_or_load(resume=True)
     results = trainer.train()
-    if not results:  # training had already finished: evaluate the loaded model
+    if not results:  # nothing evaluated (e.g. no test set was run): evaluate the loaded model
         results = DetExtTrainer.test(cfg, trainer.model)
     val_name = cfg.DATASETS.TEST[0]
     png = draw_prediction_grid(cfg, trainer.model,

@@ -17,7 +17,7 @@ from det_ext.utils.errors import ConfigInputError
 
 __all__ = ["build_config", "setup", "check_weights_file"]
 
-_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: ([^\s']+)")
 
 
 def _reraise_config_error(source: str, err: Exception) -> None:

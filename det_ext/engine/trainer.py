@@ -93,6 +93,12 @@ class DetExtTrainer(DefaultTrainer):
                         output_folder: Optional[str] = None) -> DatasetEvaluator:
         return build_det_ext_evaluator(cfg, dataset_name, output_folder)
 
+    def train(self) -> Optional[Dict[str, Any]]:
+        """Trains, then returns the results of the final evaluation (None when nothing was
+        evaluated); ``DefaultTrainer.train`` returns them only when ``TEST.EXPECTED_RESULTS`` is set."""
+        results = super().train()
+        return results if results is not None else getattr(self, "_last_eval_results", None)
+
     def build_writers(self) -> List[Any]:
         out = self.cfg.OUTPUT_DIR
         return [CommonMetricPrinter(self.max_iter),
