@@ -138,8 +138,11 @@ class DualHeadROIHeads(StandardROIHeads):
     def _box_losses(self, features, proposals, proposals2) -> Dict[str, torch.Tensor]:
         feats = [features[f] for f in self.box_in_features]
         losses: Dict[str, torch.Tensor] = {}
+        pooled = self.box_pooler(feats, [p.proposal_boxes for p in proposals])
         for k, ((head, pred), props) in enumerate(zip(self.heads(), (proposals, proposals2))):
-            x = head(self.box_pooler(feats, [p.proposal_boxes for p in props]))
+            if props is not proposals:  # independently sampled RoIs: pool them too
+                pooled = self.box_pooler(feats, [p.proposal_boxes for p in props])
+            x = head(pooled)
             suffix = "" if k == 0 else "_h2"
             losses.update({f"{n}{suffix}": v for n, v in pred.losses(pred(x), props).items()})
         return losses
