@@ -10,7 +10,7 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
-from detectron2.utils.visualizer import Visualizer
+from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
 from det_ext.utils.io import atomic_open
@@ -63,7 +63,9 @@ def draw_prediction_grid(cfg: CfgNode, model: torch.nn.Module, dataset_dicts: Se
         image = read_image(d["file_name"], format="BGR")
         inst = predict_image(cfg, model, image)
         inst = inst[inst.scores >= score_thresh]
-        vis = Visualizer(image[:, :, ::-1], metadata, scale=scale).draw_instance_predictions(inst)
+        # IMAGE_BW keeps the objects' own colours visible (the background turns grey).
+        vis = Visualizer(image[:, :, ::-1], metadata, scale=scale,
+                         instance_mode=ColorMode.IMAGE_BW).draw_instance_predictions(inst)
         tiles.append(vis.get_image())
     if not tiles:
         raise ValueError("draw_prediction_grid needs at least one image")
