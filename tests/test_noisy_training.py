@@ -181,3 +181,25 @@ def test_correct_annotations_cli(trained, tmp_path, datasets_root):
     bad = subprocess.run(cmd[:5] + [str(tmp_path / "missing.pth")] + cmd[6:], capture_output=True,
                          text=True, env=env, cwd=REPO)
     assert bad.returncode == 2 and "weight file not found" in bad.stderr
+
+
+def test_corrected_heads_option_trains_the_other_head_on_noisy_boxes(tiny_world, tmp_path):
+    model = _build(tmp_path, "NOISY.WARMUP_ITERS", "0", "NOISY.CORRECTED_HEADS", "['head1']")
+    heads = model.roi_heads
+    seen = []
+    original = heads.label_and_sample_proposals
+
+    def record(proposals, targets):
+        seen.append(torch.cat([t.gt_boxes.tensor for t in targets]))
+        return original(proposals, targets)
+
+    heads.label_and_sample_proposals = record
+    inputs = _batch()
+    noisy = torch.cat([x["instances"].gt_boxes.tensor for x in inputs])
+    with EventStorage(start_iter=0):
+        model(inputs)
+    assert len(seen) == 2
+    assert not torch.allclose(seen[0], noisy)  # head 1: corrected boxes
+    torch.testing.assert_close(seen[1], noisy)  # head 2: the noisy annotations
+    with pytest.raises(ValueError, match="CORRECTED_HEADS"):
+        _build(tmp_path, "NOISY.CORRECTED_HEADS", "['head3']")

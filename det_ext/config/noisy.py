@@ -20,6 +20,9 @@ def add_noisy_config(cfg: CN) -> None:
     # Sample the RoIs of the second head independently of the first (otherwise both heads see the
     # same sampled proposals and differ only by their random initialisation).
     cfg.NOISY.INDEPENDENT_SAMPLING = False
+    # Heads trained on the corrected annotations ("head1", "head2"); a head left out is trained
+    # on the noisy annotations (an ablation: correction used by one head only).
+    cfg.NOISY.CORRECTED_HEADS = ["head1", "head2"]
     # Test-time output: "mean" (mean of the two heads' class probabilities and boxes), "head1"
     # or "head2".
     cfg.NOISY.TEST_OUTPUT = "mean"

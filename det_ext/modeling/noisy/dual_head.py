@@ -69,7 +69,8 @@ class DualHeadROIHeads(StandardROIHeads):
     @configurable
     def __init__(self, *, box_head2: nn.Module, box_predictor2: nn.Module,
                  correction: CorrectionParams, warmup_iters: int = 0,
-                 independent_sampling: bool = False, test_output: str = "mean", **kwargs):
+                 independent_sampling: bool = False, test_output: str = "mean",
+                 corrected_heads: Tuple[str, ...] = ("head1", "head2"), **kwargs):
         """
         Args:
             box_head2, box_predictor2: the second detection head (same architecture as the first).
@@ -77,6 +78,8 @@ class DualHeadROIHeads(StandardROIHeads):
             warmup_iters (int): iterations before the correction starts.
             independent_sampling (bool): sample the RoIs of each head independently.
             test_output (str): "mean", "head1" or "head2".
+            corrected_heads (tuple[str]): heads trained on the corrected annotations; the others
+                are trained on the noisy ones ("head1", "head2").
             **kwargs: arguments of ``StandardROIHeads``.
         """
         super().__init__(**kwargs)
@@ -90,6 +93,10 @@ class DualHeadROIHeads(StandardROIHeads):
         self.warmup_iters = warmup_iters
         self.independent_sampling = independent_sampling
         self.test_output = test_output
+        unknown = set(corrected_heads) - {"head1", "head2"}
+        if unknown:
+            raise ValueError(f"NOISY.CORRECTED_HEADS: unknown heads {sorted(unknown)}")
+        self.corrected_heads = tuple(corrected_heads)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -99,7 +106,8 @@ class DualHeadROIHeads(StandardROIHeads):
                    correction=CorrectionParams.from_cfg(cfg),
                    warmup_iters=cfg.NOISY.WARMUP_ITERS,
                    independent_sampling=cfg.NOISY.INDEPENDENT_SAMPLING,
-                   test_output=cfg.NOISY.TEST_OUTPUT)
+                   test_output=cfg.NOISY.TEST_OUTPUT,
+                   corrected_heads=tuple(cfg.NOISY.CORRECTED_HEADS))
         return ret
 
     @classmethod
@@ -127,9 +135,12 @@ class DualHeadROIHeads(StandardROIHeads):
         if not self.training:
             return super().forward(images, features, proposals, targets)
         del images
-        sampled = self.label_and_sample_proposals(proposals, targets)
-        sampled2 = (self.label_and_sample_proposals(proposals, targets)
-                    if self.independent_sampling else sampled)
+        per_head = [targets if name in self.corrected_heads else _noisy_targets(targets)
+                    for name in ("head1", "head2")]
+        sampled = self.label_and_sample_proposals(proposals, per_head[0])
+        sampled2 = sampled
+        if self.independent_sampling or per_head[1] is not per_head[0]:
+            sampled2 = self.label_and_sample_proposals(proposals, per_head[1])
         losses = self._box_losses(features, sampled, sampled2)
         losses.update(self._forward_mask(features, sampled))
         losses.update(self._forward_keypoint(features, sampled))
@@ -165,3 +176,12 @@ class DualHeadROIHeads(StandardROIHeads):
         return fast_rcnn_inference(boxes, scores, [p.image_size for p in proposals],
                                    pred1.test_score_thresh, pred1.test_nms_thresh,
                                    pred1.test_topk_per_image)[0]
+
+
+def _noisy_targets(targets: List[Instances]) -> List[Instances]:
+    """The annotations before correction (``gt_noisy_boxes`` / ``gt_noisy_classes``), or
+    ``targets`` itself when they were not corrected."""
+    if not targets or not targets[0].has("gt_noisy_boxes"):
+        return targets
+    return [Instances(t.image_size, gt_boxes=t.gt_noisy_boxes, gt_classes=t.gt_noisy_classes)
+            for t in targets]
