@@ -218,3 +218,17 @@ def test_missing_baseline_weights_is_a_clear_error(tiny_world, tmp_path):
     trainer = SimCalTrainer(cfg)
     with pytest.raises(ConfigInputError, match="MODEL.WEIGHTS"):
         trainer.resume_or_load(resume=False)
+
+
+def test_resume_restores_the_head_and_draws_new_steps(calibrated, baseline, tiny_world):
+    out = calibrated["out"]
+    done = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu",
+                      weights_only=False)
+    cfg = build_config(SIMCAL_CFG, _simcal_opts(out, baseline, iters=5))
+    trainer = SimCalTrainer(cfg)
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == done["iteration"] + 1
+    assert trainer._trainer.data_loader.simcal_dataset.start_step == trainer.start_iter
+    state = trainer.model.state_dict()
+    for k, v in done["model"].items():
+        assert torch.equal(state[k], v), k  # calibration head restored, not re-initialised

@@ -84,6 +84,9 @@ class SimCalTrainer(DetExtTrainer):
             raise ConfigInputError("MODEL.WEIGHTS: SimCal calibrates a trained detector; give the "
                                    "baseline checkpoint (e.g. MODEL.WEIGHTS .../model_final.pth)")
         super().resume_or_load(resume=resume)
+        dataset = getattr(self._trainer.data_loader, "simcal_dataset", None)
+        if dataset is not None:  # the loader's workers start at the first step, after this
+            dataset.start_step = self.start_iter
         model = self.model.module if hasattr(self.model, "module") else self.model
         if model.initialize_calibration_head():
             logger.info("SimCal: calibration head '%s' initialised after loading %s",

@@ -67,6 +67,9 @@ class BiLevelClassBalancedDataset(torch.utils.data.IterableDataset):
         self.seed = int(seed)
         self.with_replacement = with_replacement
         self.rank = comm.get_rank()
+        # Set by the trainer on resume (before the loader starts): a resumed run draws new steps
+        # instead of repeating the ones it already trained on.
+        self.start_step = 0
 
     def episodes(self, rng: np.random.Generator) -> Iterator[List[tuple]]:
         """Infinite steps, each a list of (class, image index) pairs, class-major."""
@@ -83,7 +86,7 @@ class BiLevelClassBalancedDataset(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[Dict]:
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
-        rng = np.random.default_rng([self.seed, self.rank, worker])
+        rng = np.random.default_rng([self.seed, self.rank, worker, self.start_step])
         for step in self.episodes(rng):
             for cls, idx in step:
                 d = dict(self.dicts[idx])
@@ -119,6 +122,9 @@ def build_simcal_train_loader(cfg: CfgNode, mapper: Optional[DatasetMapper] = No
     if mapper is None:  # the calibration head needs boxes and classes only: skip mask decoding
         kwargs = DatasetMapper.from_config(cfg, True)
         mapper = DatasetMapper(**{**kwargs, "use_instance_mask": False})
-    return build_detection_train_loader(
+    loader = build_detection_train_loader(
         dataset=dataset, mapper=mapper, sampler=None,
-        total_batch_size=ims, aspect_ratio_grouping=False, num_workers=cfg.DATALOADER.NUM_WORKERS)
+        total_batch_size=ims, aspect_ratio_grouping=False,
+        num_workers=cfg.DATALOADER.NUM_WORKERS)
+    loader.simcal_dataset = dataset  # lets the trainer set ``start_step`` when resuming
+    return loader
