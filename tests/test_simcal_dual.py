@@ -77,3 +77,35 @@ def test_low_shot_set_from_tiny_world_metadata(tiny_world):
     assert mask.tolist() == (counts < 10).tolist()
     mask = low_shot_classes([tiny_world["train"]], 5, "image_count")
     assert mask.tolist() == [img_count[c["id"]] < 5 for c in cats]
+
+
+@pytest.mark.parametrize("path,threshold,agnostic", [
+    ("LVISv0.5/simcal_mask_rcnn_R_50_FPN_1x.yaml", 100, False),
+    ("LVISv0.5/simcal_mask_rcnn_R_50_FPN_1x_agnostic.yaml", 100, True),
+    ("LVISv1/simcal_mask_rcnn_R_50_FPN_1x.yaml", 100, False),
+    ("LVISv1/simcal_mask_rcnn_R_50_FPN_1x_agnostic.yaml", 100, True),
+    ("COCO-LT/simcal_mask_rcnn_R_50_FPN_1x.yaml", 400, False),
+    ("COCO-LT/simcal_mask_rcnn_R_50_FPN_1x_agnostic.yaml", 400, True),
+    ("LT-Shapes/simcal_R18_FPN_tiny_agnostic.yaml", -1, True),
+])
+def test_simcal_configs_keep_the_reference_schedule(path, threshold, agnostic):
+    import os
+
+    from detectron2.config import get_cfg
+
+    from det_ext.config import add_det_ext_config
+
+    cfg = get_cfg()
+    add_det_ext_config(cfg)
+    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "configs", path))
+    assert cfg.DET_EXT.TRAINER == "SimCalTrainer" and cfg.MODEL.META_ARCHITECTURE == "SimCalRCNN"
+    assert cfg.MODEL.ROI_HEADS.NAME == "SimCalROIHeads" and cfg.SIMCAL.HEAD == "3fc_ft"
+    assert cfg.SIMCAL.DUAL_THRESHOLD == threshold
+    assert cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG == agnostic
+    assert cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK == agnostic
+    s = cfg.SIMCAL.SOLVER
+    assert (s.BASE_LR, s.MOMENTUM, s.WEIGHT_DECAY) == (0.01, 0.0, 0.0)
+    assert (cfg.SIMCAL.IMS_PER_BATCH, cfg.SIMCAL.CLASSES_PER_BATCH) == (16, 16)
+    if "LT-Shapes" not in path:  # the paper schedule; LT-Shapes uses the documented CPU one
+        assert (s.MAX_ITER, tuple(s.STEPS)) == (12000, (7000, 10000))
+        assert cfg.SIMCAL.ROI_BATCH_SIZE_PER_IMAGE == 512
