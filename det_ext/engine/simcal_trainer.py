@@ -13,7 +13,6 @@ import logging
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.engine.defaults import create_ddp_model  # noqa: F401  (re-exported for users)
 
 from det_ext.utils.errors import ConfigInputError
 
