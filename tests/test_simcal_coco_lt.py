@@ -101,7 +101,6 @@ def test_count_tables_and_errors():
 
 
 def test_cli_writes_both_files(tmp_path):
-    from det_ext.engine import run_cli  # noqa: F401  (the tool's error wrapper)
     import subprocess
     import sys
 
