@@ -284,14 +284,20 @@ def test_tiny_vl_text_encoder(tmp_path):
     from det_ext.modeling.open_vocab import build_text_encoder
     from det_ext.pseudo import WordPieceTokenizer
 
-    model = _tiny_vl_checkpoint(tmp_path / "vl.pth", DIM)
-    enc = build_text_encoder("tiny_vl", str(tmp_path / "vl.pth"))
-    assert enc.dim == DIM
+    model = _tiny_vl_checkpoint(tmp_path / "vl.pth", 8)
     words = torch.load(tmp_path / "vl.pth", weights_only=False)["config"]["tokenizer_vocab"]
-    ids, mask = WordPieceTokenizer(words).encode(["a red circle"], 16)
+    ids, mask = WordPieceTokenizer(words).encode(["a red circle", "a blue square"], 16)
     with torch.no_grad():
-        ref = model.text_proj(model.text_encoder(ids, mask, mode="text")[:, 0])
-    torch.testing.assert_close(enc.encode(["A red circle."]), ref)
+        h = model.text_encoder(ids, mask, mode="text")
+    enc = build_text_encoder("tiny_vl", str(tmp_path / "vl.pth"), pooling="proj")
+    assert enc.dim == 8
+    torch.testing.assert_close(enc.encode(["A red circle.", "a blue square"]),
+                               model.text_proj(h[:, 0]))
+    enc = build_text_encoder("tiny_vl", str(tmp_path / "vl.pth"))  # mean of the word states
+    assert enc.dim == 16 and enc.describe()["pooling"] == "mean"
+    torch.testing.assert_close(enc.encode(["a red circle"]), h[:1, 1:4].mean(1))
+    with pytest.raises(DetExtInputError, match="POOLING"):
+        build_text_encoder("tiny_vl", str(tmp_path / "vl.pth"), pooling="max")
 
 
 def test_predict_cli_with_custom_vocabulary(ov_world, tmp_path):
@@ -335,7 +341,8 @@ def test_predict_cli_with_custom_vocabulary(ov_world, tmp_path):
         [sys.executable, os.path.join(repo, "tools", "predict.py"), "--config-file",
          str(cfg_file), "--input", image, "--output", str(tmp_path / "o2.png"), "--vocabulary",
          vocab, "MODEL.WEIGHTS", str(tmp_path / "model.pth"), "OPEN_VOCAB.TEXT_ENCODER.WEIGHTS",
-         str(tmp_path / "vl8.pth")], capture_output=True, text=True, cwd=repo)
+         str(tmp_path / "vl8.pth"), "OPEN_VOCAB.TEXT_ENCODER.POOLING", "proj"],
+        capture_output=True, text=True, cwd=repo)
     assert res.returncode == 2
     assert "text encoder output size 8 does not match the model's embedding dimension 16" in \
         res.stderr.strip().splitlines()[-1]

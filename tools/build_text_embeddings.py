@@ -32,6 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", default="",
                    help="tiny VL / open_clip checkpoint file, or transformers CLIP folder")
     p.add_argument("--model", default="ViT-B-32", help="open_clip architecture name")
+    p.add_argument("--pooling", default="mean", choices=["mean", "proj", "cls"],
+                   help="tiny_vl text pooling (default: mean of the word-token states)")
     p.add_argument("--template", action="append", default=None,
                    help="prompt template with {} (repeatable; default: the encoder's set)")
     p.add_argument("--device", default="cpu")
@@ -43,7 +45,7 @@ def main(args: argparse.Namespace) -> None:
     names = resolve_class_names(parse_vocabulary(args.names) if args.names else None,
                                 args.dataset, args.names_file)
     emb = build_embeddings_file(args.out, names, args.encoder, args.weights, args.model,
-                                args.template, args.device)
+                                args.template, args.device, args.pooling)
     logging.getLogger("det_ext").info("%d classes, dimension %d -> %s", len(emb), emb.dim,
                                       args.out)
 

@@ -38,6 +38,9 @@ def add_open_vocab_config(cfg: CN) -> None:
     cfg.OPEN_VOCAB.TEXT_ENCODER.WEIGHTS = ""
     # open_clip architecture name (e.g. "ViT-B-32"); unused by the other encoders.
     cfg.OPEN_VOCAB.TEXT_ENCODER.MODEL = "ViT-B-32"
+    # Pooling of the tiny VL text encoder: "mean" (word-token states; keeps compositional names
+    # apart), "proj" (ALBEF's contrastive text_proj([CLS])) or "cls"; unused by the CLIP encoders.
+    cfg.OPEN_VOCAB.TEXT_ENCODER.POOLING = "mean"
     # Prompt templates averaged over ({} = class name); empty: the encoder family's default.
     cfg.OPEN_VOCAB.TEXT_ENCODER.TEMPLATES = []
     # Folder caching computed vocabularies' embeddings ("": no cache).

@@ -47,7 +47,7 @@ def resolve_class_names(names: Optional[Sequence[str]] = None, dataset: str = ""
 
 def build_embeddings_file(out: str, names: Sequence[str], encoder: str, weights: str = "",
                           model: str = "ViT-B-32", templates: Optional[Sequence[str]] = None,
-                          device: str = "cpu") -> ClassEmbeddings:
+                          device: str = "cpu", pooling: str = "mean") -> ClassEmbeddings:
     """Embeds ``names`` with a text encoder (prompt-template average) and writes the file.
 
     Args:
@@ -57,11 +57,12 @@ def build_embeddings_file(out: str, names: Sequence[str], encoder: str, weights:
         weights (str): checkpoint file or transformers folder of the encoder.
         model (str): open_clip architecture.
         templates (Sequence[str] or None): prompt templates (None: the family's default).
+        pooling (str): tiny VL pooling ("mean", "proj", "cls").
 
     Returns:
         ClassEmbeddings: what was written.
     """
-    enc = build_text_encoder(encoder, weights, model, device)
+    enc = build_text_encoder(encoder, weights, model, device, pooling=pooling)
     templates = list(templates) if templates else default_templates(encoder)
     emb = compute_class_embeddings(names, enc, templates)
     save_text_embeddings(out, emb)

@@ -40,7 +40,8 @@ def apply_vocabulary(cfg: CfgNode, model: torch.nn.Module, names: Sequence[str],
     if embeddings:
         return set_vocabulary(model, names, embeddings=embeddings)
     te = cfg.OPEN_VOCAB.TEXT_ENCODER
-    encoder = build_text_encoder(te.NAME, te.WEIGHTS, te.MODEL, cfg.MODEL.DEVICE)
+    encoder = build_text_encoder(te.NAME, te.WEIGHTS, te.MODEL, cfg.MODEL.DEVICE,
+                                 pooling=te.POOLING)
     templates = list(te.TEMPLATES) or default_templates(te.NAME)
     return set_vocabulary(model, names, encoder=encoder, templates=templates,
                           cache_dir=te.CACHE_DIR or None)

@@ -132,8 +132,8 @@ class HFClipTextEncoder(TextEncoder):
 
 
 TEXT_ENCODERS: Dict[str, Callable[..., TextEncoder]] = {
-    "open_clip": lambda model, weights, device: OpenClipTextEncoder(model, weights, device),
-    "hf_clip": lambda model, weights, device: HFClipTextEncoder(weights, device),
+    "open_clip": lambda model, weights, device, **_: OpenClipTextEncoder(model, weights, device),
+    "hf_clip": lambda model, weights, device, **_: HFClipTextEncoder(weights, device),
 }
 
 
@@ -143,8 +143,8 @@ DEFAULT_TEMPLATES: Dict[str, Sequence[str]] = {"open_clip": CLIP_TEMPLATES,
 
 def register_text_encoder(kind: str, builder: Callable[..., TextEncoder],
                           templates: Sequence[str] = CLIP_TEMPLATES) -> None:
-    """Adds an encoder family: ``builder(model_name, weights, device) -> TextEncoder`` and its
-    default prompt templates."""
+    """Adds an encoder family: ``builder(model_name, weights, device, **options) -> TextEncoder``
+    and its default prompt templates."""
     TEXT_ENCODERS[kind] = builder
     DEFAULT_TEMPLATES[kind] = tuple(templates)
 
@@ -156,9 +156,11 @@ def default_templates(kind: str) -> List[str]:
     return list(DEFAULT_TEMPLATES.get(kind, CLIP_TEMPLATES))
 
 
-def build_text_encoder(kind: str, weights: str = "", model: str = "",
-                       device: str = "cpu") -> TextEncoder:
+def build_text_encoder(kind: str, weights: str = "", model: str = "", device: str = "cpu",
+                       **options: Any) -> TextEncoder:
     """Builds a text encoder by family name (``open_clip``, ``hf_clip``, ``tiny_vl``).
+
+    ``options`` go to the family's builder (``tiny_vl``: ``pooling``).
 
     Raises:
         ConfigInputError: an unknown family or missing weights.
@@ -168,7 +170,7 @@ def build_text_encoder(kind: str, weights: str = "", model: str = "",
     if kind not in TEXT_ENCODERS:
         raise ConfigInputError(f"OPEN_VOCAB.TEXT_ENCODER.NAME: unknown text encoder '{kind}' "
                                f"(known: {sorted(TEXT_ENCODERS) + ['tiny_vl']})")
-    return TEXT_ENCODERS[kind](model, weights, device)
+    return TEXT_ENCODERS[kind](model, weights, device, **options)
 
 
 def compute_class_embeddings(names: Sequence[str], encoder: TextEncoder,
