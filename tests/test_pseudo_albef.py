@@ -177,6 +177,14 @@ def test_gradcam_batched_equals_per_image_and_manual(tmp_path):
     assert last[:, 1:].abs().max() == 0
 
 
+def test_attention_mode(tmp_path):
+    probs = torch.tensor([[[[0.2, 0.3, 0.5, 0.0, 0.0]], [[0.4, 0.1, 0.1, 0.2, 0.2]]]])
+    cam = cross_attention_gradcam(probs, None, torch.ones(1, 1), (2, 2), mode="attention")
+    torch.testing.assert_close(cam[0, 0], torch.tensor([[0.2, 0.3], [0.1, 0.1]]))
+    with pytest.raises(ValueError, match="CAM mode"):
+        cross_attention_gradcam(probs, None, torch.ones(1, 1), (2, 2), mode="rollout")
+
+
 def test_cam_layer_must_be_a_fusion_layer(tmp_path):
     path = str(tmp_path / "albef.pth")
     random_albef_checkpoint(path, tiny_cfg(), VOCAB)

@@ -34,6 +34,9 @@ def add_pseudo_config(cfg: CN) -> None:
     cfg.PSEUDO.ALBEF.CAM_FUSION_LAYER = 2
     # Captions are truncated to this many tokens including [CLS] and [SEP].
     cfg.PSEUDO.ALBEF.MAX_TEXT_LEN = 30
+    # Word map: "gradcam" (PB-OVD: attention x relu(gradient of the ITM score)) or "attention"
+    # (the cross-attention alone, no backward pass).
+    cfg.PSEUDO.ALBEF.CAM_MODE = "gradcam"
 
     cfg.PSEUDO.BLIP = CN()
     # Folder of a transformers BlipForImageTextRetrieval (config.json + weights) and its processor.

@@ -54,6 +54,8 @@ class TinyVLOptions:
     warmup: int = 50
     max_text_len: int = 40
     swap_fraction: float = 0.5
+    mlm_weight: float = 1.0
+    mlm_prob: float = 0.25
     seed: int = 0
     max_minutes: float = 15.0
     checkpoint_period: int = 200
@@ -177,6 +179,47 @@ def _cosine_lr(it: int, opts: TinyVLOptions, elapsed: float = 0.0) -> float:
     return opts.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
 
+class MlmHead(torch.nn.Module):
+    """BERT-style masked-language-model head (transform + decoder) over the multimodal states."""
+
+    def __init__(self, hidden: int, vocab_size: int):
+        super().__init__()
+        self.dense = torch.nn.Linear(hidden, hidden)
+        self.norm = torch.nn.LayerNorm(hidden, eps=1e-12)
+        self.decoder = torch.nn.Linear(hidden, vocab_size)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(F.gelu(self.dense(h))))
+
+
+def _mlm_loss(
+    model: AlbefITM,
+    data: "CaptionData",
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    img: torch.Tensor,
+    opts: "TinyVLOptions",
+) -> torch.Tensor:
+    """Image-conditioned MLM (ALBEF): 80% [MASK], 10% random word, 10% kept."""
+    tok = data.tokenizer
+    cand = (mask == 1) & (ids != tok.cls_id) & (ids != tok.sep_id)
+    sel = (torch.rand(ids.shape) < opts.mlm_prob) & cand
+    if not bool(sel.any()):
+        return img.sum() * 0.0
+    labels = torch.full_like(ids, -100)
+    labels[sel] = ids[sel]
+    r = torch.rand(ids.shape)
+    masked = ids.clone()
+    masked[sel & (r < 0.8)] = tok.token_to_id["[MASK]"]
+    rand = sel & (r >= 0.8) & (r < 0.9)
+    masked[rand] = torch.randint(len(SPECIAL_TOKENS), len(tok.vocab), ids.shape)[rand]
+    h = model.text_encoder(masked, mask, img, mode="multi_modal")
+    logits = model.mlm_head(h)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+    )
+
+
 def _train_step(
     model: AlbefITM,
     data: CaptionData,
@@ -245,9 +288,18 @@ def _train_step(
     labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long()
     loss_itm = F.cross_entropy(logits, labels)
     loss = loss_itc + loss_itm
+    loss_mlm = torch.zeros(())
+    if opts.mlm_weight > 0:
+        loss_mlm = _mlm_loss(model, data, ids, mask, img, opts)
+        loss = loss + opts.mlm_weight * loss_mlm
     loss.backward()
     acc = (logits.argmax(1) == labels).float().mean().item()
-    return {"loss_itc": loss_itc.item(), "loss_itm": loss_itm.item(), "itm_acc": acc}
+    return {
+        "loss_itc": loss_itc.item(),
+        "loss_itm": loss_itm.item(),
+        "itm_acc": acc,
+        "loss_mlm": float(loss_mlm),
+    }
 
 
 def train_tiny_vl(
@@ -273,6 +325,8 @@ def train_tiny_vl(
     rng = np.random.default_rng(opts.seed)
     data = CaptionData(captions_file, image_root, vocab_file, dataset_json)
     model = AlbefITM(tiny_albef_config(len(data.tokenizer.vocab), data.images[0].shape[0]))
+    if opts.mlm_weight > 0:  # saved as extra "mlm_head.*" keys, ignored by the loader
+        model.add_module("mlm_head", MlmHead(model.cfg.hidden_size, model.cfg.vocab_size))
     optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     os.makedirs(out_dir, exist_ok=True)
     state_path = os.path.join(out_dir, "last_state.pth")
@@ -314,11 +368,13 @@ def train_tiny_vl(
             per_it = (elapsed - elapsed_before) / (it - start + 1)
             eta = min(per_it * (opts.max_iter - it - 1), max(0.0, opts.max_minutes * 60 - elapsed))
             logger.info(
-                "iter %d/%d  itc %.3f  itm %.3f  itm_acc %.3f  lr %.2e  %.2f s/it  eta %.0f s",
+                "iter %d/%d  itc %.3f  itm %.3f  mlm %.3f  itm_acc %.3f  lr %.2e  %.2f s/it  "
+                "eta %.0f s",
                 it + 1,
                 opts.max_iter,
                 stats["loss_itc"],
                 stats["loss_itm"],
+                stats["loss_mlm"],
                 stats["itm_acc"],
                 lr,
                 per_it,

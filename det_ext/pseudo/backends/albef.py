@@ -54,6 +54,7 @@ class AlbefBackend(VLBackend):
         device: str = "cpu",
         max_text_len: int = 30,
         per_image: bool = False,
+        cam_mode: str = "gradcam",
     ):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
@@ -62,6 +63,7 @@ class AlbefBackend(VLBackend):
         self.device = device
         self.max_text_len = max_text_len
         self.per_image = per_image
+        self.cam_mode = cam_mode
         self.image_size = model.cfg.image_size
         self.map_hw = (model.cfg.map_size, model.cfg.map_size)
         if tokenizer.vocab and len(tokenizer.vocab) > model.cfg.vocab_size:
@@ -92,6 +94,7 @@ class AlbefBackend(VLBackend):
             cfg.PSEUDO.DEVICE,
             c.MAX_TEXT_LEN,
             cfg.PSEUDO.PER_IMAGE_REFERENCE if per_image is None else per_image,
+            c.CAM_MODE,
         )
 
     def tokenize(self, text: str) -> List[str]:
@@ -118,6 +121,7 @@ class AlbefBackend(VLBackend):
                     self.map_hw,
                     per_image=self.per_image,
                     model=self.model,
+                    mode=self.cam_mode,
                 )
         finally:
             self.attn.save_attention = False

@@ -63,11 +63,13 @@ def cross_attention_gradcam(
     map_hw: Tuple[int, int],
     per_image: bool = False,
     model: torch.nn.Module = None,
+    mode: str = "gradcam",
 ) -> torch.Tensor:
     """Word-level Grad-CAM on cross-attention probabilities (ALBEF ``get_activation_map``).
 
     CAM[b, t] = mean over heads of A[b, :, t, 1:] * relu(d s_b / d A[b, :, t, 1:]), times the text
-    mask, reshaped to the patch grid; the image [CLS] key is dropped.
+    mask, reshaped to the patch grid; the image [CLS] key is dropped. ``mode="attention"`` uses
+    the attention alone (mean over heads of A[b, :, t, 1:]; no backward pass).
 
     Args:
         probs (Tensor): post-softmax attention [B, heads, L, 1 + h*w], part of the graph of
@@ -80,10 +82,17 @@ def cross_attention_gradcam(
             through the whole model (``retain_graph``), for parity tests and timing.
         model (Module or None): with ``per_image``, its parameter gradients are zeroed per pair as
             in the reference.
+        mode (str): ``"gradcam"`` (the reference) or ``"attention"``.
 
     Returns:
         Tensor: [B, L, h, w] maps (detached).
     """
+    if mode not in ("gradcam", "attention"):
+        raise ValueError(f"CAM mode must be 'gradcam' or 'attention', got '{mode}'")
+    a = probs.detach()[..., 1:]
+    if mode == "attention":
+        cam = a.mean(dim=1) * text_mask[:, :, None].to(a.dtype)
+        return cam.reshape(cam.shape[0], cam.shape[1], map_hw[0], map_hw[1])
     if per_image:
         probs.retain_grad()
         grads = torch.zeros_like(probs)
@@ -95,7 +104,6 @@ def cross_attention_gradcam(
             grads[b] = probs.grad[b]
     else:
         grads = torch.autograd.grad(scores.sum(), probs)[0]
-    a = probs.detach()[..., 1:]
     g = grads.detach()[..., 1:].clamp(min=0)
     cam = (a * g).mean(dim=1) * text_mask[:, :, None].to(a.dtype)
     return cam.reshape(cam.shape[0], cam.shape[1], map_hw[0], map_hw[1])

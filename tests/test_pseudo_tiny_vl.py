@@ -1,0 +1,53 @@
+# Copyright (c) det_ext authors.
+"""Tiny VL training: a few iterations on the tiny world, ALBEF-format output, resume, negatives."""
+import json
+import os
+
+import numpy as np
+import torch
+from detectron2.data import MetadataCatalog
+
+from det_ext.data.datasets import ensure_lt_shapes_generated
+from det_ext.pseudo.checkpoint import load_albef_checkpoint
+from det_ext.pseudo.tiny_vl import CaptionData, TinyVLOptions, train_tiny_vl
+
+
+def test_train_resume_and_checkpoint(tiny_world, tmp_path):
+    name = tiny_world["train"]
+    folder = ensure_lt_shapes_generated(name)
+    meta = MetadataCatalog.get(name)
+    opts = TinyVLOptions(max_iter=2, batch_size=4, warmup=1, checkpoint_period=1, max_text_len=24)
+    out = str(tmp_path / "vl")
+    ckpt = train_tiny_vl(meta.captions_file, folder, meta.vocab_file, out, opts, meta.json_file)
+    raw = torch.load(ckpt, weights_only=False)
+    assert set(raw) >= {"model", "config", "optimizer", "epoch"}
+    assert any(k.startswith("text_encoder.bert.encoder.layer.2.crossattention") for k in raw["model"])
+    model, config = load_albef_checkpoint(ckpt)
+    assert model.cfg.fusion_layer == 2 and model.cfg.num_layers == 5 and model.cfg.map_size == 8
+    assert config["tokenizer_vocab"][:4] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    assert open(os.path.join(out, "vocab.txt")).read().split("\n")[:2] == ["[PAD]", "[UNK]"]
+    # resume: two more iterations continue from the saved state
+    state = torch.load(os.path.join(out, "last_state.pth"), weights_only=False)
+    assert state["iter"] == 2
+    opts.max_iter = 4
+    train_tiny_vl(meta.captions_file, folder, meta.vocab_file, out, opts, meta.json_file)
+    assert torch.load(os.path.join(out, "last_state.pth"), weights_only=False)["iter"] == 4
+
+
+def test_swapped_negatives_name_absent_categories(tiny_world):
+    name = tiny_world["train"]
+    folder = ensure_lt_shapes_generated(name)
+    meta = MetadataCatalog.get(name)
+    data = CaptionData(meta.captions_file, folder, meta.vocab_file, meta.json_file)
+    rng = np.random.default_rng(0)
+    checked = 0
+    for i in range(len(data)):
+        for c in range(len(data.captions[i])):
+            neg = data.swapped(i, c, rng)
+            if neg is None:
+                continue
+            cats = {m.category_id for m in data.matcher.match(data.tokenizer.tokenize(neg))}
+            assert not cats <= data.image_cats[i]  # the swapped caption is false for the image
+            assert not data.caption_true_for(cats, neg, i)
+            checked += 1
+    assert checked > 20
