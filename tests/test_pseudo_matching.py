@@ -147,6 +147,11 @@ def test_select_boxes_hand_computed():
     np.testing.assert_allclose(box, [0, 0, 10, 10]) and cov == pytest.approx(1.0)
     two = select_boxes(act, props, alpha=0.5, max_boxes=3)
     np.testing.assert_allclose([b for b, _ in two], [[2, 2, 4, 4], [6, 6, 10, 10]])
+    # proposal scores break the tie between the two fitting boxes (0.9 vs 0.1)
+    (box, _), = select_boxes(act, props[[1, 0]], alpha=0.5, score_weight=1.0)
+    np.testing.assert_allclose(box, [2, 2, 4, 4])
+    (box, _), = select_boxes(act, props[[1, 0]], alpha=0.5)  # ignored: first of the tie wins
+    np.testing.assert_allclose(box, [6, 6, 10, 10])
     assert select_boxes(act, np.array([[0, 0, 1, 1, 1.0]]), 0.5) == []  # no activation inside
     assert select_boxes(act, np.zeros((0, 5)), 0.5) == []
     assert select_boxes(np.zeros((10, 10)), props, 0.5) == []

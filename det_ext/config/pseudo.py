@@ -85,3 +85,6 @@ def add_pseudo_config(cfg: CN) -> None:
     cfg.PSEUDO.SELECTION.MAP_THRESHOLD = 0.5
     # Boxes whose pseudo_score (share of the activation inside the box) is lower are dropped.
     cfg.PSEUDO.SELECTION.MIN_SCORE = 0.0
+    # Box score x (proposal score, e.g. RPN objectness) ** WEIGHT; 0 ignores proposal scores
+    # (PB-OVD).
+    cfg.PSEUDO.SELECTION.PROPOSAL_SCORE_WEIGHT = 0.0

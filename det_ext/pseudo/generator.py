@@ -55,6 +55,7 @@ class PseudoBoxGenerator:
         map_threshold (float): cut of the normalised map.
         max_count (int): cap on boxes per mention ("three circles").
         min_score (float): minimum pseudo_score of a box.
+        score_weight (float): exponent of the proposal score in the box score (0: ignored).
     """
 
     def __init__(
@@ -67,11 +68,13 @@ class PseudoBoxGenerator:
         map_threshold: float = 0.5,
         max_count: int = 1,
         min_score: float = 0.0,
+        score_weight: float = 0.0,
     ):
         self.backend, self.matcher, self.proposals = backend, matcher, proposals
         self.image_root = image_root
         self.alpha, self.map_threshold = alpha, map_threshold
         self.max_count, self.min_score = max(1, max_count), min_score
+        self.score_weight = score_weight
 
     def _collect(self, records: Sequence[ImageRecord]):
         """Reads images, matches captions and computes every mention's map (one backend call)."""
@@ -160,7 +163,13 @@ class PseudoBoxGenerator:
             if len(props[image_id]) == 0:
                 res["skipped"]["no_proposals"] += 1
                 continue
-            chosen = select_boxes(act, props[image_id], self.alpha, counts[(image_id, cat_id)])
+            chosen = select_boxes(
+                act,
+                props[image_id],
+                self.alpha,
+                counts[(image_id, cat_id)],
+                score_weight=self.score_weight,
+            )
             if not chosen:
                 res["skipped"]["no_fitting_proposal"] += 1
             for box, score in chosen:

@@ -85,6 +85,7 @@ def build_generator(
         s.MAP_THRESHOLD,
         m.MAX_COUNT,
         s.MIN_SCORE,
+        s.PROPOSAL_SCORE_WEIGHT,
     )
 
 

@@ -82,6 +82,7 @@ def select_boxes(
     max_boxes: int = 1,
     min_area: float = 1.0,
     overlap_iou: float = 0.5,
+    score_weight: float = 0.0,
 ) -> List[Tuple[np.ndarray, float]]:
     """Chooses up to ``max_boxes`` proposals for one activation map.
 
@@ -95,6 +96,8 @@ def select_boxes(
         proposals (ndarray): [K, 4] XYXY boxes in image pixels (clipped here).
         alpha (float): area exponent.
         max_boxes (int): boxes to pick at most.
+        score_weight (float): beta > 0 multiplies the fit by (proposal score) ** beta (column 4 of
+            ``proposals``, e.g. RPN objectness); 0 ignores proposal scores (PB-OVD).
 
     Returns:
         list of (box [4] XYXY float, coverage): coverage = activation mass inside the box / total
@@ -104,19 +107,23 @@ def select_boxes(
     total = float(act.sum())
     if total <= 0 or len(proposals) == 0:
         return []
-    boxes = np.asarray(proposals, dtype=np.float64)[:, :4].copy()
+    proposals = np.asarray(proposals, dtype=np.float64)
+    boxes = proposals[:, :4].copy()
+    prior = np.ones(len(boxes))
+    if score_weight > 0 and proposals.shape[1] > 4:
+        prior = np.clip(proposals[:, 4], 0.0, None) ** score_weight
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep = area >= min_area
-    boxes, area = boxes[keep], area[keep]
+    boxes, area, prior = boxes[keep], area[keep], prior[keep]
     act = act.copy()
     chosen: List[Tuple[np.ndarray, float]] = []
     while len(chosen) < max_boxes and len(boxes):
         integral = np.zeros((height + 1, width + 1))
         integral[1:, 1:] = act.cumsum(0).cumsum(1)
         mass = _region_sums(integral, boxes)
-        score = mass / area**alpha
+        score = mass / area**alpha * prior
         best = int(np.argmax(score))
         if not score[best] > 0:
             break
@@ -126,5 +133,5 @@ def select_boxes(
         x1, y1 = int(np.ceil(box[2])), int(np.ceil(box[3]))
         act[y0:y1, x0:x1] = 0.0
         far = box_iou(boxes, box[None])[:, 0] <= overlap_iou
-        boxes, area = boxes[far], area[far]
+        boxes, area, prior = boxes[far], area[far], prior[far]
     return chosen
