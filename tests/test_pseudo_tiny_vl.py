@@ -1,5 +1,6 @@
 # Copyright (c) det_ext authors.
 """Tiny VL training: a few iterations on the tiny world, ALBEF-format output, resume, negatives."""
+
 import json
 import os
 
@@ -21,7 +22,9 @@ def test_train_resume_and_checkpoint(tiny_world, tmp_path):
     ckpt = train_tiny_vl(meta.captions_file, folder, meta.vocab_file, out, opts, meta.json_file)
     raw = torch.load(ckpt, weights_only=False)
     assert set(raw) >= {"model", "config", "optimizer", "epoch"}
-    assert any(k.startswith("text_encoder.bert.encoder.layer.2.crossattention") for k in raw["model"])
+    assert any(
+        k.startswith("text_encoder.bert.encoder.layer.2.crossattention") for k in raw["model"]
+    )
     model, config = load_albef_checkpoint(ckpt)
     assert model.cfg.fusion_layer == 2 and model.cfg.num_layers == 5 and model.cfg.map_size == 8
     assert config["tokenizer_vocab"][:4] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]

@@ -47,7 +47,7 @@ class TinyVLOptions:
     """Training options (the run stops, with its learning rate fully decayed, after ``max_iter``
     iterations or ``max_minutes`` minutes, whichever comes first)."""
 
-    max_iter: int = 700
+    max_iter: int = 1000
     batch_size: int = 32
     lr: float = 5e-4
     weight_decay: float = 0.02
