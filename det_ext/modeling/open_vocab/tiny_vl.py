@@ -4,8 +4,8 @@ class-name text encoder over the text-only BERT layers, with three poolings:
 
 - ``"mean"`` (default): mean of the word-token states (no ``[CLS]``/``[SEP]``); every word of a
   compositional name ("dark yellow ring") contributes, which keeps names that share a colour apart
-  (on the default world's tiny model, the nearest other class of a novel name has cosine 0.87-0.93,
-  against 0.97-0.99 with ``"proj"``);
+  (on the default world's tiny models, the nearest other class of a novel name has cosine
+  0.82-0.93, against 0.95-0.996 with ``"proj"``; docs/open_vocab.md);
 - ``"proj"``: ALBEF's contrastive text embedding ``text_proj(h_[CLS])``;
 - ``"cls"``: the ``[CLS]`` state.
 """
