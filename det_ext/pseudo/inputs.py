@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 from PIL import Image
 
 from det_ext.utils.errors import DatasetFormatError
+from det_ext.utils.io import read_json_input
 
 __all__ = ["ImageRecord", "read_captions", "load_rgb"]
 
@@ -40,13 +39,7 @@ def read_captions(path: str) -> List[ImageRecord]:
         DatasetFormatError: missing/malformed file, an entry without ``image_id``/``file_name``
             (or ``id``), non-string captions, or a duplicate image id.
     """
-    if not os.path.isfile(path):
-        raise DatasetFormatError(f"{path}: captions file not found")
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetFormatError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from None
+    raw = read_json_input(path, "captions file")
     entries: Any = raw["images"] if isinstance(raw, dict) and "images" in raw else raw
     if not isinstance(entries, list):
         raise DatasetFormatError(f"{path}: expected a list of {{image_id, file_name, captions}}")

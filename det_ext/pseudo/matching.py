@@ -11,11 +11,10 @@ tokenised forms are cached per matcher and never modified.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from det_ext.utils.errors import DatasetFormatError
+from det_ext.utils.io import read_json_input
 
 __all__ = [
     "VocabCategory",
@@ -129,13 +128,7 @@ class Vocabulary:
         Raises:
             DatasetFormatError: unreadable file, wrong structure or a name not in the dataset.
         """
-        if not os.path.isfile(vocab_file):
-            raise DatasetFormatError(f"{vocab_file}: vocabulary file not found")
-        try:
-            with open(vocab_file) as f:
-                raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DatasetFormatError(f"{vocab_file}: malformed JSON: {e}") from None
+        raw = read_json_input(vocab_file, "vocabulary file")
         if not isinstance(raw, dict) or not all(
             isinstance(k, str) and isinstance(v, list) and all(isinstance(s, str) for s in v)
             for k, v in raw.items()

@@ -7,7 +7,6 @@ Precomputed file: JSON ``{"<image_id>": [[x0, y0, x1, y1, score], ...]}`` in ori
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Dict, List, Sequence
@@ -22,7 +21,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
 
 from det_ext.utils.errors import ConfigInputError, DatasetFormatError
-from det_ext.utils.io import atomic_write_json
+from det_ext.utils.io import atomic_write_json, read_json_input
 
 __all__ = [
     "ProposalSource",
@@ -54,13 +53,7 @@ class PrecomputedProposals(ProposalSource):
     """Proposals read from a JSON file; images absent from it have none."""
 
     def __init__(self, path: str, topk: int = 0):
-        if not os.path.isfile(path):
-            raise DatasetFormatError(f"{path}: proposal file not found")
-        try:
-            with open(path) as f:
-                raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DatasetFormatError(f"{path}: malformed proposal JSON: {e}") from None
+        raw = read_json_input(path, "proposal file")
         if not isinstance(raw, dict):
             raise DatasetFormatError(
                 f"{path}: expected {{image_id: [[x0, y0, x1, y1, score], ...]}}"

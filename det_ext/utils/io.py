@@ -11,7 +11,7 @@ import os
 import tempfile
 from typing import Any, Iterator, IO
 
-__all__ = ["atomic_open", "atomic_write_json"]
+__all__ = ["atomic_open", "atomic_write_json", "read_json_input"]
 
 
 @contextlib.contextmanager
@@ -41,3 +41,26 @@ def atomic_write_json(path: str, obj: Any, indent: int | None = None) -> None:
     """Writes ``obj`` as JSON to ``path`` atomically."""
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=indent)
+
+
+def read_json_input(path: str, what: str) -> Any:
+    """Reads a user-supplied JSON file.
+
+    Args:
+        path (str): the file.
+        what (str): what the file is, for the message (e.g. ``"captions file"``).
+
+    Raises:
+        DatasetFormatError: the file is missing, malformed or truncated (message names the file and
+            the position of the error).
+    """
+    from .errors import DatasetFormatError
+
+    if not os.path.isfile(path):
+        raise DatasetFormatError(f"{path}: {what} not found")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{path}: malformed or truncated JSON at line {e.lineno} "
+                                 f"column {e.colno}: {e.msg}") from None

@@ -7,7 +7,6 @@ federated fields and captions, and checks its input: every problem is reported a
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,6 +16,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from det_ext.utils.errors import DatasetFormatError
+from det_ext.utils.io import read_json_input
 
 __all__ = [
     "read_dataset_json", "load_lvis_format_json", "register_lvis_format_dataset",
@@ -34,15 +34,7 @@ def read_dataset_json(json_file: str) -> Dict[str, Any]:
     Raises:
         DatasetFormatError: missing file, malformed or truncated JSON, or a missing top-level field.
     """
-    if not os.path.isfile(json_file):
-        raise DatasetFormatError(f"{json_file}: annotation file not found")
-    try:
-        with open(json_file) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetFormatError(
-            f"{json_file}: malformed or truncated JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        ) from None
+    data = read_json_input(json_file, "annotation file")
     if not isinstance(data, dict):
         raise DatasetFormatError(f"{json_file}: top level must be an object, got {type(data).__name__}")
     for key in _REQUIRED_TOP:
