@@ -35,21 +35,17 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.visualizer import Visualizer
-from PIL import Image
 
 from det_ext.config import add_det_ext_config
 from det_ext.data import LTShapesSpec
 from det_ext.data.open_vocab import LT_SHAPES_NOVEL, register_lt_shapes_ov
 from det_ext.data.open_vocab import register_pseudo_box_dataset
 from det_ext.engine import build_config, build_trainer_class
-from det_ext.engine.visualize import predict_image
+from det_ext.engine.visualize import draw_prediction_grid
 from det_ext.modeling.open_vocab import load_text_embeddings, set_vocabulary
 from det_ext.modeling.open_vocab.build import build_embeddings_file
 from det_ext.utils.errors import ConfigInputError
@@ -236,25 +232,12 @@ def draw_novel(cfg_dir: str, names: Dict[str, str], emb_all: str, out_png: str, 
     novel = {val_meta.thing_dataset_id_to_contiguous_id[i] for i in val_meta.novel_category_ids}
     dicts = [d for d in DatasetCatalog.get(names["val"])
              if any(a["category_id"] in novel for a in d["annotations"])][:num]
-    tiles = []
-    for d in dicts:
-        image = read_image(d["file_name"], format="BGR")
-        inst = predict_image(cfg, model, image)
-        keep = torch.tensor([int(c) in novel for c in inst.pred_classes], dtype=torch.bool)
-        inst = inst[keep & (inst.scores >= 0.3)]
-        tiles.append(Visualizer(image[:, :, ::-1], meta, scale=3.0)
-                     .draw_instance_predictions(inst).get_image())
-    if not tiles:
+    if not dicts:
         return ""
-    h, w = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
-    cols = 3
-    grid = np.full((((len(tiles) + cols - 1) // cols) * h, cols * w, 3), 255, np.uint8)
-    for i, t in enumerate(tiles):
-        r, c = divmod(i, cols)
-        grid[r * h:r * h + t.shape[0], c * w:c * w + t.shape[1]] = t
-    with atomic_open(out_png, "wb") as f:
-        Image.fromarray(grid).save(f, format="PNG")
-    return out_png
+    return draw_prediction_grid(
+        cfg, model, dicts, meta, out_png, score_thresh=0.3,
+        keep=lambda inst: torch.tensor([int(c) in novel for c in inst.pred_classes],
+                                       dtype=torch.bool))
 
 
 def table(results: Dict[str, Dict[str, float]]) -> str:

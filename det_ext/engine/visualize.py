@@ -2,14 +2,16 @@
 """Drawing predictions of a model on dataset images (PNG grids for demos and reports)."""
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
+from detectron2.structures import Instances
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
@@ -44,25 +46,31 @@ def predict_image(cfg: CfgNode, model: torch.nn.Module, image_bgr: np.ndarray):
 
 
 def draw_prediction_grid(cfg: CfgNode, model: torch.nn.Module, dataset_dicts: Sequence[dict],
-                         dataset_name: str, out_path: str, score_thresh: float = 0.5,
-                         columns: int = 3, scale: float = 3.0) -> str:
+                         metadata: Union[str, Metadata], out_path: str, score_thresh: float = 0.5,
+                         columns: int = 3, scale: float = 3.0,
+                         keep: Optional[Callable[[Instances], torch.Tensor]] = None) -> str:
     """Draws predicted masks, boxes and labels on a few images and saves them as one PNG grid.
 
     Args:
         dataset_dicts (Sequence[dict]): Detectron2 dicts of the images to draw (``file_name``).
-        dataset_name (str): its metadata provides the class names.
+        metadata (str or Metadata): a dataset name, or metadata, providing the class names.
         out_path (str): PNG path, written atomically.
         score_thresh (float): predictions below this score are not drawn.
+        keep (callable or None): maps the predictions of an image (N instances) to a bool tensor
+            (N,) selecting those to draw, after the score threshold.
 
     Returns:
         str: ``out_path``.
     """
-    metadata = MetadataCatalog.get(dataset_name)
+    if isinstance(metadata, str):
+        metadata = MetadataCatalog.get(metadata)
     tiles: List[np.ndarray] = []
     for d in dataset_dicts:
         image = read_image(d["file_name"], format="BGR")
         inst = predict_image(cfg, model, image)
         inst = inst[inst.scores >= score_thresh]
+        if keep is not None:
+            inst = inst[keep(inst)]
         # IMAGE_BW keeps the objects' own colours visible (the background turns grey).
         vis = Visualizer(image[:, :, ::-1], metadata, scale=scale,
                          instance_mode=ColorMode.IMAGE_BW).draw_instance_predictions(inst)
