@@ -38,7 +38,6 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf",
            "AR@300", "ARs@300", "ARm@300", "ARl@300"]
 LVIS_V1_SPLIT = {"r": 337, "c": 461, "f": 405}
@@ -156,7 +155,6 @@ def worker(side: str, gt_path: str, dt_path: str, iou_type: str, max_dets: int, 
         logging.getLogger("lvis").setLevel(logging.ERROR)
         from lvis import LVIS, LVISEval, LVISResults
     else:
-        sys.path.insert(0, REPO)
         from det_ext.evaluation import evaluate_lvis
     before = _rss_kb("VmRSS")
     reset = _reset_peak()
