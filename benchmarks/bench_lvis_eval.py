@@ -239,7 +239,7 @@ def compare(args: argparse.Namespace) -> bool:
     print(f"\nspeed-up: {speedup:.1f}x (CPU time: {cpu_speedup:.1f}x)")
     print(f"memory ratio det_ext / LVIS API: eval extra {extra_ratio:.3f}   (eval peak RSS "
           f"{peak_ratio:.3f}, process maxrss {ours['maxrss_kb'] / max(1, ref['maxrss_kb']):.3f}: "
-          "both include the imports, torch/detectron2 for det_ext)")
+          "both include each side's imports)")
     ok = worst <= 1e-9
     print(f"max abs metric difference: {worst:.3e} -> "
           f"{'all metrics agree within 1e-9' if ok else 'MISMATCH (> 1e-9)'}")
