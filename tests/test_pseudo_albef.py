@@ -7,7 +7,7 @@ import torch
 
 from det_ext.pseudo.albef import AlbefConfig, AlbefITM, interpolate_pos_embed
 from det_ext.pseudo.backends.albef import AlbefBackend
-from det_ext.pseudo.backends.base import cross_attention_gradcam
+from det_ext.pseudo.backends.base import cross_attention_gradcam, sum_span_rows
 from det_ext.pseudo.checkpoint import CheckpointError, load_albef_checkpoint
 from det_ext.pseudo.testing import random_albef_checkpoint
 from det_ext.pseudo.text import WordPieceTokenizer, clean_caption
@@ -198,3 +198,81 @@ def test_gradcam_hand_computed():
     w = torch.tensor([1.0, 2.0, -1.0, 4.0, 0.5])
     cam = cross_attention_gradcam(probs, (probs[0, 0, 0] * w).sum()[None], torch.ones(1, 1), (2, 2))
     torch.testing.assert_close(cam[0, 0], torch.tensor([[0.6, 0.0], [0.0, 0.0]]))
+
+
+def test_span_pooling_hand_computed():
+    cams = torch.zeros(1, 4, 1, 3)  # [B, L, h, w]: [CLS], "red", "circle", [SEP]
+    cams[0, 1, 0] = torch.tensor([1.0, 3.0, 5.0])  # normalised: 0, 0.5, 1
+    cams[0, 2, 0] = torch.tensor([2.0, 2.0, 6.0])  # normalised: 0, 0, 1
+    before = cams.clone()
+    (s,), = sum_span_rows(cams, [[(1, 3)]])
+    torch.testing.assert_close(s, torch.tensor([[3.0, 5.0, 11.0]]))
+    (g, one), = sum_span_rows(cams, [[(1, 3), (2, 3)]], pool="geomean")
+    torch.testing.assert_close(g, torch.tensor([[0.0, 0.0, 1.0]]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(one, cams[0, 2])  # a one-token span is its row, unnormalised
+    assert torch.equal(cams, before)  # rows are never modified in place
+    with pytest.raises(ValueError, match="span pooling"):
+        sum_span_rows(cams, [[(1, 3)]], pool="max")
+
+
+def test_local_variant_mask_kernel_and_roundtrip(tmp_path):
+    cfg = tiny_cfg(patch_kernel=16, vision_local_radius=1, fusion_image_cls=False)
+    model = AlbefITM(cfg).eval()
+    mask = model.visual_encoder.attention_mask(4, torch.device("cpu"))  # 4x4 grid
+    assert mask.shape == (17, 17) and bool(mask[0].all()) and not bool(mask[1:, 0].any())
+    # patch (0, 0) = token 1 sees (0,0), (0,1), (1,0), (1,1) only; patch (1, 1) = token 6 sees 9
+    assert (mask[1, 1:].nonzero().flatten() + 1).tolist() == [1, 2, 5, 6]
+    assert int(mask[6, 1:].sum()) == 9
+    assert AlbefITM(tiny_cfg()).visual_encoder.attention_mask(4, torch.device("cpu")) is None
+    assert model.visual_encoder.patch_embed.proj.weight.shape[-1] == 16
+    # a patch token depends only on its neighbourhood: changing a far corner leaves it unchanged
+    img = torch.randn(1, 3, 32, 32)
+    far = img.clone()
+    far[..., 30:, 30:] += 5.0  # only grid cell (3, 3) sees it; cell (0, 0) reaches cell (2, 2)
+    with torch.no_grad():
+        a, b = model.visual_encoder(img), model.visual_encoder(far)
+    torch.testing.assert_close(a[0, 1], b[0, 1])
+    assert not torch.allclose(a[0, 0], b[0, 0])  # [CLS] sees everything
+    # without the image [CLS] in the fusion, its value cannot change the ITM score
+    ids = torch.tensor([[2, 5, 6, 7, 3]])
+    with torch.no_grad():
+        emb = model.visual_encoder(img)
+        emb2 = emb.clone()
+        emb2[:, 0] += 3.0
+        torch.testing.assert_close(
+            model.itm_logits(emb, ids, torch.ones_like(ids)),
+            model.itm_logits(emb2, ids, torch.ones_like(ids)),
+        )
+    path = str(tmp_path / "local.pth")
+    random_albef_checkpoint(path, cfg, VOCAB)
+    loaded, _ = load_albef_checkpoint(path)
+    assert loaded.cfg.patch_size == 8 and loaded.cfg.patch_kernel == 16
+    assert loaded.cfg.vision_local_radius == 1 and loaded.cfg.fusion_image_cls is False
+    assert loaded.cfg.map_size == 4
+
+
+def test_text_windows():
+    from det_ext.pseudo.albef import FusionBert
+
+    pad = torch.zeros(1, 1, 1, 5)
+    pad[..., 4] = -10000.0  # last token is padding
+    m = FusionBert.windowed_mask(pad, 1)[0, 0]
+    allowed = (m > -1).int()
+    assert allowed.tolist() == [
+        [1, 1, 1, 1, 0],  # [CLS]: every real token
+        [0, 1, 1, 0, 0],  # a word: its neighbours, not [CLS]
+        [0, 1, 1, 1, 0],
+        [0, 0, 1, 1, 0],
+        [0, 0, 0, 1, 0],
+    ]
+    assert FusionBert.windowed_mask(pad, -1) is pad
+    # a word's fusion-input state depends on its window only
+    model = AlbefITM(tiny_cfg(text_window=0, fusion_window=1)).eval()
+    ids = torch.tensor([[2, 5, 6, 7, 14, 10, 11, 3]])
+    other = ids.clone()
+    other[0, 6] = 9  # change a word far from position 2
+    with torch.no_grad():
+        a = model.text_encoder(ids, torch.ones_like(ids), mode="text")
+        b = model.text_encoder(other, torch.ones_like(ids), mode="text")
+    torch.testing.assert_close(a[0, 2], b[0, 2])
+    assert not torch.allclose(a[0, 0], b[0, 0])

@@ -21,6 +21,9 @@ def add_pseudo_config(cfg: CN) -> None:
     # Use PB-OVD's per-image loop (one backward per caption) instead of one batched backward;
     # for parity tests and throughput comparison only.
     cfg.PSEUDO.PER_IMAGE_REFERENCE = False
+    # Map of a multi-token name from its token rows (ALBEF, BLIP): "sum" (PB-OVD) or "geomean"
+    # (geometric mean of the min-max normalised rows: active where every word of the name is).
+    cfg.PSEUDO.SPAN_POOL = "sum"
 
     cfg.PSEUDO.ALBEF = CN()
     # ALBEF checkpoint (.pth, pre-training format with "model" or fine-tuned bare state dict).

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,20 @@ class AlbefConfig:
         fusion_layer: index of the first layer with cross-attention (layers before it are
         text-only). max_position: BERT position embeddings.
         embed_dim: contrastive projection size (0: no ``vision_proj``/``text_proj``/``temp``).
+        patch_kernel: side of the patch-embedding convolution (0: ``patch_size``, ALBEF's
+            non-overlapping patches; larger: overlapping patches, still with stride
+            ``patch_size``, that see a whole small object).
+        vision_local_radius: -1 (ALBEF): global ViT self-attention. r >= 0 (det_ext's tiny
+            models): a patch token attends only to the patches within r grid cells (Chebyshev
+            distance; 0 = itself) and not to [CLS], while [CLS] attends to everything; patch
+            tokens then describe their neighbourhood only, so a word can learn where an object is
+            only by attending to it.
+        fusion_image_cls: whether the multimodal layers' cross-attention sees the image [CLS]
+            token (ALBEF: yes). Without it, matching a caption needs attention on the patches.
+        text_window, fusion_window: -1 (ALBEF): global self-attention in the text-only / the
+            multimodal layers. w >= 0: a word token attends only to the tokens within w positions
+            (not to [CLS]), while [CLS] attends to all; a word's cross-attention query then
+            describes its phrase ("two red circles"), not the whole caption.
     """
 
     image_size: int = 256
@@ -50,6 +64,11 @@ class AlbefConfig:
     max_position: int = 512
     type_vocab_size: int = 2
     embed_dim: int = 256
+    patch_kernel: int = 0
+    vision_local_radius: int = -1
+    fusion_image_cls: bool = True
+    text_window: int = -1
+    fusion_window: int = -1
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -61,9 +80,15 @@ class AlbefConfig:
 
 # ----------------------------------------------------------------------------- visual encoder
 class PatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, width: int):
+    def __init__(self, patch_size: int, width: int, kernel: int = 0):
         super().__init__()
-        self.proj = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+        kernel = kernel or patch_size
+        if kernel < patch_size or (kernel - patch_size) % 2:
+            raise ValueError(
+                f"patch kernel {kernel} must be patch size {patch_size} plus an even number"
+            )
+        pad = (kernel - patch_size) // 2
+        self.proj = nn.Conv2d(3, width, kernel_size=kernel, stride=patch_size, padding=pad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)  # [B, N, C]
@@ -76,10 +101,10 @@ class ViTAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
@@ -101,8 +126,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -112,7 +137,7 @@ class VisionTransformer(nn.Module):
     def __init__(self, cfg: AlbefConfig):
         super().__init__()
         n = cfg.map_size**2
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.vision_width)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.vision_width, cfg.patch_kernel)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.vision_width))
         self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, cfg.vision_width))
         self.blocks = nn.ModuleList(
@@ -122,8 +147,27 @@ class VisionTransformer(nn.Module):
             ]
         )
         self.norm = nn.LayerNorm(cfg.vision_width, eps=1e-6)
+        self.local_radius = cfg.vision_local_radius
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def attention_mask(self, side: int, device: torch.device) -> Optional[torch.Tensor]:
+        """Boolean [1 + side^2, 1 + side^2] mask (True = may attend) of the local variant, or None.
+
+        Row 0 ([CLS]) sees every token; a patch sees the patches within ``local_radius`` grid
+        cells, itself included, and not [CLS].
+        """
+        if self.local_radius < 0:
+            return None
+        yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+        yy, xx = yy.flatten(), xx.flatten()
+        near = torch.maximum(
+            (yy[:, None] - yy[None, :]).abs(), (xx[:, None] - xx[None, :]).abs()
+        ) <= self.local_radius
+        mask = torch.zeros(1 + side * side, 1 + side * side, dtype=torch.bool)
+        mask[0] = True
+        mask[1:, 1:] = near
+        return mask.to(device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(images)
@@ -132,9 +176,11 @@ class VisionTransformer(nn.Module):
                 f"image gives {x.shape[1]} patches but pos_embed has "
                 f"{self.pos_embed.shape[1] - 1}; interpolate_pos_embed first"
             )
+        side = int(math.isqrt(x.shape[1]))
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        mask = self.attention_mask(side, x.device)
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, mask)
         return self.norm(x)
 
 
@@ -296,9 +342,27 @@ class FusionBert(nn.Module):
                 device=image_embeds.device,
                 dtype=x.dtype,
             )
+            if not self.cfg.fusion_image_cls:
+                image_mask_add[..., 0] = -10000.0
+        windows = {self.cfg.text_window, self.cfg.fusion_window}
+        masks = {w: self.windowed_mask(mask_add, w) for w in windows}
         for i in layers:
-            x = self.encoder.layer[i](x, mask_add.to(x.dtype), image_embeds, image_mask_add)
+            w = self.cfg.text_window if i < self.cfg.fusion_layer else self.cfg.fusion_window
+            x = self.encoder.layer[i](x, masks[w].to(x.dtype), image_embeds, image_mask_add)
         return x
+
+    @staticmethod
+    def windowed_mask(mask_add: torch.Tensor, window: int) -> torch.Tensor:
+        """The additive padding mask [B, 1, 1, L] combined with a local window (-1: unchanged):
+        [B, 1, L, L] where word rows see the tokens within ``window`` positions, not [CLS]."""
+        if window < 0:
+            return mask_add
+        length = mask_add.shape[-1]
+        pos = torch.arange(length, device=mask_add.device)
+        near = (pos[:, None] - pos[None, :]).abs() <= window
+        near[0] = True  # [CLS] sees every token
+        near[1:, 0] = False  # words do not see [CLS]
+        return mask_add + (~near).to(mask_add.dtype)[None, None] * -10000.0
 
 
 class AlbefITM(nn.Module):

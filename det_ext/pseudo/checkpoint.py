@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -93,7 +93,8 @@ def albef_config_from_state(
         if f"text_encoder.encoder.layer.{i}.crossattention.self.query.weight" in state
     ]
     patch_w = state["visual_encoder.patch_embed.proj.weight"]
-    width, patch = patch_w.shape[0], patch_w.shape[-1]
+    width, kernel = patch_w.shape[0], patch_w.shape[-1]
+    patch = int(heads.get("patch_size", kernel))
     side = int(round((state["visual_encoder.pos_embed"].shape[1] - 1) ** 0.5))
     hidden = state["text_encoder.embeddings.word_embeddings.weight"].shape[1]
     mlp_hidden = state.get(
@@ -118,6 +119,11 @@ def albef_config_from_state(
             "text_encoder.embeddings.token_type_embeddings.weight", torch.empty(2, 1)
         ).shape[0],
         embed_dim=0 if proj is None else proj.shape[0],
+        patch_kernel=kernel if kernel != patch else 0,
+        vision_local_radius=int(heads.get("vision_local_radius", -1)),
+        fusion_image_cls=bool(heads.get("fusion_image_cls", True)),
+        text_window=int(heads.get("text_window", -1)),
+        fusion_window=int(heads.get("fusion_window", -1)),
     )
 
 
@@ -213,6 +219,11 @@ def save_albef_checkpoint(
     config["det_ext_albef"] = {
         "vision_heads": model.cfg.vision_heads,
         "num_heads": model.cfg.num_heads,
+        "patch_size": model.cfg.patch_size,
+        "vision_local_radius": model.cfg.vision_local_radius,
+        "fusion_image_cls": model.cfg.fusion_image_cls,
+        "text_window": model.cfg.text_window,
+        "fusion_window": model.cfg.fusion_window,
     }
     obj: Dict[str, Any] = (
         {"model": state, "config": config, **(extra or {})} if pretrain_format else state

@@ -55,6 +55,7 @@ def generator_settings(cfg: CfgNode) -> Dict[str, Any]:
     p = cfg.PSEUDO
     return {
         "backend": p.BACKEND,
+        "span_pool": p.SPAN_POOL,
         "albef": dict(p.ALBEF),
         "blip": dict(p.BLIP),
         "clip": dict(p.CLIP),

@@ -1,41 +1,35 @@
 # Copyright (c) det_ext authors.
 """Training of a tiny ALBEF-style model on LT-Shapes captions (CPU, minutes).
 
-Model: ViT (8 px patches on 128 px images, 16x16 map, width 96, 3 blocks) + word-level BERT with 2
-text layers and 3 fusion layers + ITM head + contrastive projections. Losses (ALBEF): image-text
-contrastive (ITC) with a learnable temperature, and image-text matching (ITM) on the positives, on
-hard negatives sampled
-from the contrastive similarities (ALBEF) and on *swapped* negatives (the positive caption with one
-mentioned category replaced by another one's surface form), which force word-level grounding.
-Captions that are true for an image (every category they mention is mentioned by the image's own
-captions) are never used as its negatives. The checkpoint is written in ALBEF's pre-training format
-(``{"model", "optimizer", "config", "epoch"}``, ``text_encoder.bert.*`` keys) with the word
-vocabulary under ``config["tokenizer_vocab"]``.
+Model: ViT (overlapping 24 px patches at 8 px stride on 128 px images, 16x16 map, width 96, 3
+blocks with local attention) + word-level BERT with 2 text layers and 3 fusion layers (local word
+attention) + ITM head + contrastive projections. Losses (ALBEF): image-text contrastive (ITC) with
+a learnable temperature, image-text matching (ITM) on the positives, on hard negatives sampled from
+the contrastive similarities (ALBEF) and on *swapped* negatives (the positive caption with one
+mentioned category replaced by another one's surface form), image-conditioned MLM, plus det_ext's
+word-region grounding loss (:func:`det_ext.pseudo.tiny_vl_losses.grounding_loss`). Captions that are true for an image (every
+category they mention is mentioned by the image's own captions) are never used as its negatives.
+docs/pseudo_boxes.md explains and measures the departures from ALBEF. The checkpoint is written in
+ALBEF's pre-training format (``{"model", "optimizer", "config", "epoch"}``, ``text_encoder.bert.*``
+keys) with the word vocabulary under ``config["tokenizer_vocab"]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
 import time
-from collections import Counter
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
-
-from det_ext.utils.errors import DatasetFormatError
 
 from .albef import AlbefConfig, AlbefITM
-from .backends.base import preprocess_images
 from .checkpoint import load_albef_checkpoint, save_albef_checkpoint
-from .matching import CaptionMatcher, Vocabulary, pluralize, singularize
-from .text import SPECIAL_TOKENS, WordPieceTokenizer, clean_caption
+from .tiny_vl_data import CaptionData, build_word_vocab
+from .tiny_vl_losses import MlmHead, train_step
 
 __all__ = ["TinyVLOptions", "tiny_albef_config", "build_word_vocab", "CaptionData", "train_tiny_vl"]
 
@@ -47,7 +41,7 @@ class TinyVLOptions:
     """Training options (the run stops, with its learning rate fully decayed, after ``max_iter``
     iterations or ``max_minutes`` minutes, whichever comes first)."""
 
-    max_iter: int = 1000
+    max_iter: int = 1300
     batch_size: int = 32
     lr: float = 5e-4
     weight_decay: float = 0.02
@@ -57,14 +51,38 @@ class TinyVLOptions:
     mlm_weight: float = 1.0
     mlm_prob: float = 0.25
     seed: int = 0
-    max_minutes: float = 15.0
+    max_minutes: float = 14.0
     checkpoint_period: int = 200
     num_threads: int = 0
+    # random flips and 90-degree rotations of the training images (LT-Shapes captions hold no
+    # true spatial words: their "above"/"below" are random relations, so the captions stay true)
+    augment: bool = True
+    # patch-embedding kernel (0: the 8 px patch; 24: overlapping patches; see AlbefConfig)
+    patch_kernel: int = 24
+    # local ViT attention radius in grid cells (-1: ALBEF's global attention; see AlbefConfig)
+    local_radius: int = 1
+    # whether the fusion layers' cross-attention sees the image [CLS] token (ALBEF: True)
+    fusion_image_cls: bool = False
+    # local self-attention windows of the text-only and the fusion layers (-1: global, ALBEF)
+    text_window: int = 0
+    fusion_window: int = 1
+    # weight of the word-region grounding loss on the first fusion layer's cross-attention
+    # logits (multiple-instance contrast of category mentions against the batch's images; 0: off)
+    ground_weight: float = 1.0
 
 
-def tiny_albef_config(vocab_size: int, image_size: int = 128) -> AlbefConfig:
+def tiny_albef_config(
+    vocab_size: int,
+    image_size: int = 128,
+    patch_kernel: int = 0,
+    local_radius: int = -1,
+    fusion_image_cls: bool = True,
+    text_window: int = -1,
+    fusion_window: int = -1,
+) -> AlbefConfig:
     """The tiny architecture (about 0.9 M parameters): 8 px patches (16x16 map at 128 px), width 96,
-    3 ViT blocks, 2 text + 3 fusion layers, 4 heads."""
+    3 ViT blocks, 2 text + 3 fusion layers, 4 heads; ``patch_kernel``, ``local_radius``,
+    ``fusion_image_cls`` and the windows as in :class:`AlbefConfig`."""
     return AlbefConfig(
         image_size=image_size,
         patch_size=8,
@@ -80,91 +98,12 @@ def tiny_albef_config(vocab_size: int, image_size: int = 128) -> AlbefConfig:
         fusion_layer=2,
         max_position=64,
         embed_dim=64,
+        patch_kernel=patch_kernel,
+        vision_local_radius=local_radius,
+        fusion_image_cls=fusion_image_cls,
+        text_window=text_window,
+        fusion_window=fusion_window,
     )
-
-
-def build_word_vocab(captions: Sequence[str], extra_phrases: Sequence[str] = ()) -> List[str]:
-    """Word-level tokenizer vocabulary: specials, then words by decreasing frequency."""
-    counts: Counter = Counter()
-    basic = WordPieceTokenizer(list(SPECIAL_TOKENS))
-    for text in list(captions) + list(extra_phrases):
-        counts.update(basic._basic(clean_caption(text)))
-    return list(SPECIAL_TOKENS) + [
-        w for w, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))
-    ]
-
-
-class CaptionData:
-    """Images (uint8, in memory), captions, their category mentions and negative sampling."""
-
-    def __init__(
-        self,
-        captions_file: str,
-        image_root: str,
-        vocab_file: str,
-        dataset_json: Optional[str] = None,
-        tokenizer: Optional[WordPieceTokenizer] = None,
-    ):
-        with open(captions_file) as f:
-            entries = json.load(f)
-        cats = None
-        if dataset_json:
-            with open(dataset_json) as f:
-                cats = json.load(f)["categories"]
-        self.vocabulary = Vocabulary.load(vocab_file, cats)
-        self.captions: List[List[str]] = [
-            [clean_caption(c) for c in e["captions"]] for e in entries
-        ]
-        forms = [f for c in self.vocabulary.categories for f in c.forms]
-        self.tokenizer = tokenizer or WordPieceTokenizer(
-            build_word_vocab([c for cs in self.captions for c in cs], forms)
-        )
-        images = []
-        for e in entries:
-            path = os.path.join(image_root, e["file_name"])
-            if not os.path.isfile(path):
-                raise DatasetFormatError(f"{captions_file}: image {path} not found")
-            images.append(np.asarray(Image.open(path).convert("RGB")))
-        self.images = images
-        self.matcher = CaptionMatcher(self.vocabulary, self.tokenizer.tokenize)
-        self.mentions = [
-            [self.matcher.match(self.tokenizer.tokenize(c)) for c in cs] for cs in self.captions
-        ]
-        self.image_cats = [set(m.category_id for ms in per for m in ms) for per in self.mentions]
-        self.forms_by_cat: Dict[int, Tuple[List[str], List[str]]] = {}
-        for c in self.vocabulary.categories:
-            sing = [f for f in c.forms if singularize(f) == f]
-            plur = [f for f in c.forms if singularize(f) != f and pluralize(singularize(f)) == f]
-            self.forms_by_cat[c.id] = (sing or c.forms, plur or c.forms)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def caption_true_for(self, caption_cats: set, caption: str, image: int) -> bool:
-        if caption_cats:
-            return caption_cats <= self.image_cats[image]
-        return caption in self.captions[image]
-
-    def swapped(self, image: int, cap: int, rng: np.random.Generator) -> Optional[str]:
-        """The caption with one mention replaced by a category absent from the image."""
-        mentions = self.mentions[image][cap]
-        if not mentions:
-            return None
-        m = mentions[int(rng.integers(len(mentions)))]
-        tokens = self.tokenizer.tokenize(self.captions[image][cap])
-        others = [c.id for c in self.vocabulary.categories if c.id not in self.image_cats[image]]
-        if not others:
-            return None
-        # prefer categories sharing a word with the replaced form (same colour or shape)
-        words = set(m.form.split())
-        weights = np.array(
-            [3.0 if words & set(self.vocabulary.by_id[o].name.split()) else 1.0 for o in others]
-        )
-        new = others[int(rng.choice(len(others), p=weights / weights.sum()))]
-        plural = singularize(m.form) != m.form
-        forms = self.forms_by_cat[new][1 if plural else 0]
-        form = forms[int(rng.integers(len(forms)))]
-        return " ".join(tokens[: m.left - 1] + [form] + tokens[m.right - 1 :])
 
 
 def _cosine_lr(it: int, opts: TinyVLOptions, elapsed: float = 0.0) -> float:
@@ -179,132 +118,9 @@ def _cosine_lr(it: int, opts: TinyVLOptions, elapsed: float = 0.0) -> float:
     return opts.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
 
-class MlmHead(torch.nn.Module):
-    """BERT-style masked-language-model head (transform + decoder) over the multimodal states."""
-
-    def __init__(self, hidden: int, vocab_size: int):
-        super().__init__()
-        self.dense = torch.nn.Linear(hidden, hidden)
-        self.norm = torch.nn.LayerNorm(hidden, eps=1e-12)
-        self.decoder = torch.nn.Linear(hidden, vocab_size)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.norm(F.gelu(self.dense(h))))
-
-
-def _mlm_loss(
-    model: AlbefITM,
-    data: "CaptionData",
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    img: torch.Tensor,
-    opts: "TinyVLOptions",
-) -> torch.Tensor:
-    """Image-conditioned MLM (ALBEF): 80% [MASK], 10% random word, 10% kept."""
-    tok = data.tokenizer
-    cand = (mask == 1) & (ids != tok.cls_id) & (ids != tok.sep_id)
-    sel = (torch.rand(ids.shape) < opts.mlm_prob) & cand
-    if not bool(sel.any()):
-        return img.sum() * 0.0
-    labels = torch.full_like(ids, -100)
-    labels[sel] = ids[sel]
-    r = torch.rand(ids.shape)
-    masked = ids.clone()
-    masked[sel & (r < 0.8)] = tok.token_to_id["[MASK]"]
-    rand = sel & (r >= 0.8) & (r < 0.9)
-    masked[rand] = torch.randint(len(SPECIAL_TOKENS), len(tok.vocab), ids.shape)[rand]
-    h = model.text_encoder(masked, mask, img, mode="multi_modal")
-    logits = model.mlm_head(h)
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
-    )
-
-
-def _train_step(
-    model: AlbefITM,
-    data: CaptionData,
-    idx: np.ndarray,
-    rng: np.random.Generator,
-    opts: TinyVLOptions,
-) -> Dict[str, float]:
-    b = len(idx)
-    caps = [int(rng.integers(len(data.captions[i]))) for i in idx]
-    texts = [data.captions[i][c] for i, c in zip(idx, caps)]
-    text_cats = [set(m.category_id for m in data.mentions[i][c]) for i, c in zip(idx, caps)]
-    pixels = preprocess_images([data.images[i] for i in idx], model.cfg.image_size)
-    ids, mask = data.tokenizer.encode(texts, opts.max_text_len)
-    img = model.visual_encoder(pixels)
-    txt = model.text_encoder(ids, mask, mode="text")
-    img_feat = F.normalize(model.vision_proj(img[:, 0]), dim=-1)
-    txt_feat = F.normalize(model.text_proj(txt[:, 0]), dim=-1)
-    with torch.no_grad():
-        model.temp.clamp_(0.001, 0.5)
-    sim = img_feat @ txt_feat.t() / model.temp  # [images, texts]
-    pos = torch.tensor(
-        [
-            [float(data.caption_true_for(text_cats[j], texts[j], int(idx[i]))) for j in range(b)]
-            for i in range(b)
-        ]
-    )
-    pos.fill_diagonal_(1.0)
-    loss_itc = 0.5 * (
-        -(F.log_softmax(sim, 1) * (pos / pos.sum(1, keepdim=True))).sum(1).mean()
-        - (F.log_softmax(sim.t(), 1) * (pos.t() / pos.t().sum(1, keepdim=True))).sum(1).mean()
-    )
-    # hard negatives from the contrastive similarities (false negatives masked out)
-    with torch.no_grad():
-        w_t2i = F.softmax(sim.t().float(), 1).masked_fill(pos.t() > 0, 0) + 1e-8 * (1 - pos.t())
-        w_i2t = F.softmax(sim.float(), 1).masked_fill(pos > 0, 0) + 1e-8 * (1 - pos)
-    neg_img, neg_txt = [], []
-    for j in range(b):
-        neg_img.append(int(torch.multinomial(w_t2i[j], 1)) if w_t2i[j].sum() > 0 else (j + 1) % b)
-    for i in range(b):
-        swapped = (
-            data.swapped(int(idx[i]), caps[i], rng) if rng.random() < opts.swap_fraction else None
-        )
-        if swapped is not None:
-            neg_txt.append(swapped)
-        else:
-            j = int(torch.multinomial(w_i2t[i], 1)) if w_i2t[i].sum() > 0 else (i + 1) % b
-            neg_txt.append(texts[j])
-    neg_ids, neg_mask = data.tokenizer.encode(neg_txt, opts.max_text_len)
-    length = max(ids.shape[1], neg_ids.shape[1])
-    ids_all = torch.cat(
-        [
-            F.pad(ids, (0, length - ids.shape[1])),
-            F.pad(ids, (0, length - ids.shape[1])),
-            F.pad(neg_ids, (0, length - neg_ids.shape[1])),
-        ]
-    )
-    mask_all = torch.cat(
-        [
-            F.pad(mask, (0, length - mask.shape[1])),
-            F.pad(mask, (0, length - mask.shape[1])),
-            F.pad(neg_mask, (0, length - neg_mask.shape[1])),
-        ]
-    )
-    img_all = torch.cat([img, img[neg_img], img])
-    logits = model.itm_logits(img_all, ids_all, mask_all)
-    labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long()
-    loss_itm = F.cross_entropy(logits, labels)
-    loss = loss_itc + loss_itm
-    loss_mlm = torch.zeros(())
-    if opts.mlm_weight > 0:
-        loss_mlm = _mlm_loss(model, data, ids, mask, img, opts)
-        loss = loss + opts.mlm_weight * loss_mlm
-    loss.backward()
-    acc = (logits.argmax(1) == labels).float().mean().item()
-    return {
-        "loss_itc": loss_itc.item(),
-        "loss_itm": loss_itm.item(),
-        "itm_acc": acc,
-        "loss_mlm": float(loss_mlm),
-    }
-
-
 def train_tiny_vl(
-    captions_file: str,
-    image_root: str,
+    captions_file: Union[str, Sequence[str]],
+    image_root: Union[str, Sequence[str]],
     vocab_file: str,
     out_dir: str,
     opts: TinyVLOptions,
@@ -312,6 +128,8 @@ def train_tiny_vl(
     resume: bool = True,
 ) -> str:
     """Trains the tiny model and writes ``out_dir/tiny_albef.pth`` (+ ``vocab.txt``).
+
+    ``captions_file`` / ``image_root`` may list several sources (see :class:`CaptionData`).
 
     Resumable: ``out_dir/last_state.pth`` (model, optimizer, iteration, random state) is written
     every ``checkpoint_period`` iterations and picked up by a rerun.
@@ -324,7 +142,17 @@ def train_tiny_vl(
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
     data = CaptionData(captions_file, image_root, vocab_file, dataset_json)
-    model = AlbefITM(tiny_albef_config(len(data.tokenizer.vocab), data.images[0].shape[0]))
+    model = AlbefITM(
+        tiny_albef_config(
+            len(data.tokenizer.vocab),
+            data.images[0].shape[0],
+            opts.patch_kernel,
+            opts.local_radius,
+            opts.fusion_image_cls,
+            opts.text_window,
+            opts.fusion_window,
+        )
+    )
     if opts.mlm_weight > 0:  # saved as extra "mlm_head.*" keys, ignored by the loader
         model.add_module("mlm_head", MlmHead(model.cfg.hidden_size, model.cfg.vocab_size))
     optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -360,7 +188,7 @@ def train_tiny_vl(
         for g in optim.param_groups:
             g["lr"] = lr
         optim.zero_grad(set_to_none=True)
-        stats = _train_step(model, data, idx, rng, opts)
+        stats = train_step(model, data, idx, rng, opts)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optim.step()
         elapsed = time.perf_counter() - t0 + elapsed_before
@@ -368,13 +196,14 @@ def train_tiny_vl(
             per_it = (elapsed - elapsed_before) / (it - start + 1)
             eta = min(per_it * (opts.max_iter - it - 1), max(0.0, opts.max_minutes * 60 - elapsed))
             logger.info(
-                "iter %d/%d  itc %.3f  itm %.3f  mlm %.3f  itm_acc %.3f  lr %.2e  %.2f s/it  "
-                "eta %.0f s",
+                "iter %d/%d  itc %.3f  itm %.3f  mlm %.3f  ground %.3f  itm_acc %.3f  lr %.2e  "
+                "%.2f s/it  eta %.0f s",
                 it + 1,
                 opts.max_iter,
                 stats["loss_itc"],
                 stats["loss_itm"],
                 stats["loss_mlm"],
+                stats["loss_ground"],
                 stats["itm_acc"],
                 lr,
                 per_it,
@@ -413,7 +242,10 @@ def train_tiny_vl(
             "tokenizer_vocab": data.tokenizer.vocab,
             "max_text_len": opts.max_text_len,
             "train_options": dataclasses.asdict(opts),
-            "train_captions": os.path.abspath(captions_file),
+            "train_captions": [
+                os.path.abspath(f)
+                for f in ([captions_file] if isinstance(captions_file, str) else captions_file)
+            ],
         },
         extra={"optimizer": optim.state_dict(), "epoch": 0},
     )

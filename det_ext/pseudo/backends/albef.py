@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -44,6 +43,8 @@ class AlbefBackend(VLBackend):
         max_text_len (int): captions are truncated to this many tokens (with [CLS] and [SEP]).
         per_image (bool): the reference's one-backward-per-pair loop instead of one batched
             backward.
+        cam_mode (str): ``"gradcam"`` or ``"attention"`` (see :func:`cross_attention_gradcam`).
+        span_pool (str): pooling of a name's token rows (see :func:`sum_span_rows`).
     """
 
     def __init__(
@@ -55,8 +56,10 @@ class AlbefBackend(VLBackend):
         max_text_len: int = 30,
         per_image: bool = False,
         cam_mode: str = "gradcam",
+        span_pool: str = "sum",
     ):
         self.model = model.to(device).eval()
+        self.span_pool = span_pool
         self.tokenizer = tokenizer
         self.layer = model.cfg.fusion_layer + cam_fusion_layer
         self.attn = model.cross_attention(self.layer)
@@ -95,6 +98,7 @@ class AlbefBackend(VLBackend):
             c.MAX_TEXT_LEN,
             cfg.PSEUDO.PER_IMAGE_REFERENCE if per_image is None else per_image,
             c.CAM_MODE,
+            cfg.PSEUDO.SPAN_POOL,
         )
 
     def tokenize(self, text: str) -> List[str]:
@@ -131,7 +135,7 @@ class AlbefBackend(VLBackend):
     def span_maps(
         self, images: Sequence[np.ndarray], captions: Sequence[str], spans: Sequence[Sequence[Span]]
     ) -> List[List[torch.Tensor]]:
-        return sum_span_rows(self.token_cams(images, captions), spans)
+        return sum_span_rows(self.token_cams(images, captions), spans, self.span_pool)
 
     @torch.no_grad()
     def text_embeddings(self, names: Sequence[str]) -> torch.Tensor:

@@ -19,6 +19,8 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "Span",
+    "SPAN_POOLS",
+    "sum_span_rows",
 ]
 
 VL_BACKEND_REGISTRY = Registry("VL_BACKEND")
@@ -142,14 +144,38 @@ class VLBackend:
         raise NotImplementedError(f"{type(self).__name__} gives no text embeddings")
 
 
-def sum_span_rows(cams: torch.Tensor, spans: Sequence[Sequence[Span]]) -> List[List[torch.Tensor]]:
-    """Sums the token rows of each span into a *new* tensor (the reference summed in place into
+SPAN_POOLS = ("sum", "geomean")
+
+
+def sum_span_rows(
+    cams: torch.Tensor, spans: Sequence[Sequence[Span]], pool: str = "sum"
+) -> List[List[torch.Tensor]]:
+    """Pools the token rows of each span into a *new* tensor (the reference summed in place into
     the row of the first token, corrupting maps shared by overlapping names).
 
     Args:
         cams (Tensor): [B, L, h, w].
+        pool (str): ``"sum"`` (PB-OVD) or ``"geomean"``: the geometric mean of the token rows,
+            each min-max normalised first, so that a multi-word name ("red circle") is active
+            where *every* word is (red things that are circles), not where any one is.
+
+    Returns:
+        list: per pair, one Tensor [h, w] per span.
     """
+    if pool not in SPAN_POOLS:
+        raise ValueError(f"span pooling must be one of {SPAN_POOLS}, got '{pool}'")
     out = []
     for b, pair_spans in enumerate(spans):
-        out.append([cams[b, left:right].sum(dim=0).cpu() for left, right in pair_spans])
+        maps = []
+        for left, right in pair_spans:
+            rows = cams[b, left:right]
+            if pool == "sum" or right - left == 1:
+                maps.append(rows.sum(dim=0).cpu())
+                continue
+            flat = rows.reshape(rows.shape[0], -1).double()
+            lo, hi = flat.min(1, keepdim=True)[0], flat.max(1, keepdim=True)[0]
+            norm = (flat - lo) / (hi - lo).clamp_min(1e-12)
+            geo = norm.clamp_min(1e-12).log().mean(0).exp()
+            maps.append(geo.reshape(rows.shape[1:]).to(cams.dtype).cpu())
+        out.append(maps)
     return out

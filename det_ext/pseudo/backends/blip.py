@@ -45,7 +45,9 @@ class BlipBackend(VLBackend):
         device: str = "cpu",
         max_text_len: int = 35,
         per_image: bool = False,
+        span_pool: str = "sum",
     ):
+        self.span_pool = span_pool
         layers = model.text_encoder.encoder.layer
         if (
             not 0 <= cam_layer < len(layers)
@@ -83,6 +85,7 @@ class BlipBackend(VLBackend):
             cfg.PSEUDO.DEVICE,
             cfg.PSEUDO.BLIP.MAX_TEXT_LEN,
             cfg.PSEUDO.PER_IMAGE_REFERENCE if per_image is None else per_image,
+            cfg.PSEUDO.SPAN_POOL,
         )
 
     def tokenize(self, text: str) -> List[str]:
@@ -115,4 +118,4 @@ class BlipBackend(VLBackend):
     def span_maps(
         self, images, captions, spans: Sequence[Sequence[Span]]
     ) -> List[List[torch.Tensor]]:
-        return sum_span_rows(self.token_cams(images, captions), spans)
+        return sum_span_rows(self.token_cams(images, captions), spans, self.span_pool)
