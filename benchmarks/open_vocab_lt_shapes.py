@@ -43,7 +43,7 @@ from detectron2.utils.logger import setup_logger
 from det_ext.config import add_det_ext_config
 from det_ext.data import LTShapesSpec
 from det_ext.data.open_vocab import LT_SHAPES_NOVEL, register_lt_shapes_ov
-from det_ext.data.open_vocab import register_pseudo_box_dataset
+from det_ext.data.open_vocab import register_base_with_pseudo_novel, register_pseudo_box_dataset
 from det_ext.engine import build_config, build_trainer_class
 from det_ext.engine.visualize import draw_prediction_grid
 from det_ext.modeling.open_vocab import load_text_embeddings, set_vocabulary
@@ -71,6 +71,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--iters-pseudo", type=int, default=600, help="(b) iterations")
     p.add_argument("--iters-finetune", type=int, default=300, help="(c) fine-tuning iterations")
     p.add_argument("--finetune-lr", type=float, default=0.005)
+    p.add_argument("--finetune-data", choices=("base", "base+pseudo_novel"), default="base",
+                   help="(c) fine-tuning data: base ground truth only (PB-OVD), or base ground "
+                        "truth plus the novel classes' pseudo boxes on the same images")
     p.add_argument("--ims-per-batch", type=int, default=8)
     p.add_argument("--num-threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -274,9 +277,16 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     full["pseudo_only"] = run_stage("pseudo_only", stage_opts(
         args, dirs["pseudo_only"], pseudo_name, names["val"], emb, tiny_vl, n_all, emb["all"],
         args.iters_pseudo, []), timings)
+    ft_train, ft_classes, ft_emb = names["base_train"], n_base, emb["base"]
+    if args.finetune_data == "base+pseudo_novel":
+        dirs["pseudo_then_base"] += "_keep_novel"
+        ft_train = register_base_with_pseudo_novel(
+            f"ov_bench_seed{args.seed}_base_plus_pseudo_novel", names["train"], pseudo_name,
+            MetadataCatalog.get(names["val"]).novel_category_ids)
+        ft_classes, ft_emb = n_all, emb["all"]
     full["pseudo_then_base"] = run_stage("pseudo_then_base", stage_opts(
-        args, dirs["pseudo_then_base"], names["base_train"], names["val"], emb, tiny_vl, n_base,
-        emb["base"], args.iters_finetune,
+        args, dirs["pseudo_then_base"], ft_train, names["val"], emb, tiny_vl, ft_classes,
+        ft_emb, args.iters_finetune,
         ["MODEL.WEIGHTS", os.path.join(dirs["pseudo_only"], "model_final.pth"),
          "OPEN_VOCAB.FREEZE_PROJECTION", "True", "SOLVER.BASE_LR", str(args.finetune_lr),
          "SOLVER.WARMUP_ITERS", "20"]), timings)

@@ -19,7 +19,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from det_ext.data.lt_shapes.vocabulary import build_categories
-from det_ext.data.open_vocab import register_lt_shapes_ov, register_pseudo_box_dataset
+from det_ext.data.open_vocab import (register_base_with_pseudo_novel, register_lt_shapes_ov,
+                                     register_pseudo_box_dataset)
 from det_ext.engine import build_config
 from det_ext.engine.visualize import predict_image
 from det_ext.modeling.open_vocab import (ClassEmbeddingError, ClassEmbeddings,
@@ -381,3 +382,29 @@ def test_mask_rcnn_with_text_embedding_classifier(ov_world, tmp_path):
     cfg2 = build_config(BASE_CFG, _ov_opts(ov_world, tmp_path, extra=("MODEL.MASK_ON", "True")))
     with pytest.raises(ClassEmbeddingError, match="CLS_AGNOSTIC_MASK"):
         set_vocabulary(build_model(cfg2), bank.names, embeddings=bank)
+
+
+def test_base_with_pseudo_novel_dataset(ov_world, tiny_world):
+    val_meta = MetadataCatalog.get(ov_world["val"])
+    novel_ids = list(val_meta.novel_category_ids)
+    name = register_base_with_pseudo_novel("lt_shapes_tiny_ov_base_pseudo_novel",
+                                           tiny_world["train"], ov_world["pseudo"], novel_ids)
+    merged = DatasetCatalog.get(name)
+    world = {d["image_id"]: d for d in DatasetCatalog.get(tiny_world["train"])}
+    id_map = MetadataCatalog.get(tiny_world["train"]).thing_dataset_id_to_contiguous_id
+    novel = {id_map[i] for i in novel_ids}
+    assert len(merged) == len(world) and MetadataCatalog.get(name).thing_classes == list(
+        MetadataCatalog.get(tiny_world["train"]).thing_classes)
+    n_novel = 0
+    for d in merged:
+        gt = world[d["image_id"]]["annotations"]
+        base_gt = [a for a in gt if a["category_id"] not in novel]
+        got_base = [a for a in d["annotations"] if a["category_id"] not in novel]
+        got_novel = [a for a in d["annotations"] if a["category_id"] in novel]
+        assert [a["bbox"] for a in got_base] == [a["bbox"] for a in base_gt]  # base: ground truth
+        # novel: the pseudo boxes (ground truth shifted by 1 px in the fixture), never the GT
+        want = sorted((a["category_id"], round(a["bbox"][0] + 1, 3)) for a in gt
+                      if a["category_id"] in novel)
+        assert sorted((a["category_id"], round(a["bbox"][0], 3)) for a in got_novel) == want
+        n_novel += len(got_novel)
+    assert n_novel > 0

@@ -41,7 +41,7 @@ from .lt_shapes.vocabulary import build_categories
 __all__ = ["LT_SHAPES_NOVEL", "COCO_OV_BASE", "COCO_OV_NOVEL", "register_lt_shapes_ov",
            "write_ov_split_json", "register_coco_ov", "register_lvis_ov",
            "register_all_open_vocab", "split_categories",
-           "register_pseudo_box_dataset"]
+           "register_pseudo_box_dataset", "register_base_with_pseudo_novel"]
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +251,56 @@ def register_pseudo_box_dataset(name: str, json_file: str, image_root: Optional[
         return load_lvis_format_json(json_file, root, name)
 
     register_lvis_format_dataset(name, json_file, image_root, metadata=metadata, loader=load)
+    return name
+
+
+def register_base_with_pseudo_novel(name: str, world_train: str, pseudo_name: str,
+                                    novel_ids: Sequence[int]) -> str:
+    """Registers base-class ground truth plus the novel classes' pseudo boxes on the same images,
+    with every class of ``world_train`` (its contiguous ids). Fine-tuning a pseudo-box detector
+    on it keeps novel objects labelled instead of teaching the detector that they are background.
+
+    Args:
+        name (str): the new dataset's name.
+        world_train (str): a dataset with all classes' ground truth (e.g. ``lt_shapes_train``).
+        pseudo_name (str): a pseudo-box dataset of the same images
+            (:func:`register_pseudo_box_dataset`).
+        novel_ids (Sequence[int]): dataset category ids whose ground truth is dropped and whose
+            pseudo boxes are kept.
+
+    Returns:
+        str: ``name``.
+    """
+    if name in DatasetCatalog.list():
+        return name
+    novel = set(int(i) for i in novel_ids)
+
+    def load() -> List[Dict[str, Any]]:
+        world_map = MetadataCatalog.get(world_train).thing_dataset_id_to_contiguous_id
+        novel_contiguous = {world_map[i] for i in novel}
+        pseudo_dicts = DatasetCatalog.get(pseudo_name)
+        pseudo_inv = {c: i for i, c in
+                      MetadataCatalog.get(pseudo_name).thing_dataset_id_to_contiguous_id.items()}
+        pseudo_by_image = {}
+        for d in pseudo_dicts:
+            anns = []
+            for a in d["annotations"]:
+                dataset_id = pseudo_inv[a["category_id"]]
+                if dataset_id in novel:
+                    anns.append({**a, "category_id": world_map[dataset_id]})
+            pseudo_by_image[d["image_id"]] = anns
+        out = []
+        for d in DatasetCatalog.get(world_train):
+            base = [a for a in d["annotations"] if a["category_id"] not in novel_contiguous]
+            out.append({**d, "annotations": base + pseudo_by_image.get(d["image_id"], [])})
+        return out
+
+    DatasetCatalog.register(name, load)
+    src = MetadataCatalog.get(world_train)
+    MetadataCatalog.get(name).set(
+        thing_classes=list(src.thing_classes),
+        thing_dataset_id_to_contiguous_id=dict(src.thing_dataset_id_to_contiguous_id),
+        novel_category_ids=sorted(novel), evaluator_type="lvis")
     return name
 
 
