@@ -7,7 +7,7 @@ import torch
 
 from det_ext.pseudo.albef import AlbefConfig, AlbefITM, interpolate_pos_embed
 from det_ext.pseudo.backends.albef import AlbefBackend
-from det_ext.pseudo.backends.base import cross_attention_gradcam, sum_span_rows
+from det_ext.pseudo.backends.base import cross_attention_gradcam, pool_span_rows
 from det_ext.pseudo.checkpoint import CheckpointError, load_albef_checkpoint
 from det_ext.pseudo.testing import random_albef_checkpoint
 from det_ext.pseudo.text import WordPieceTokenizer, clean_caption
@@ -205,14 +205,14 @@ def test_span_pooling_hand_computed():
     cams[0, 1, 0] = torch.tensor([1.0, 3.0, 5.0])  # normalised: 0, 0.5, 1
     cams[0, 2, 0] = torch.tensor([2.0, 2.0, 6.0])  # normalised: 0, 0, 1
     before = cams.clone()
-    (s,), = sum_span_rows(cams, [[(1, 3)]])
+    (s,), = pool_span_rows(cams, [[(1, 3)]])
     torch.testing.assert_close(s, torch.tensor([[3.0, 5.0, 11.0]]))
-    (g, one), = sum_span_rows(cams, [[(1, 3), (2, 3)]], pool="geomean")
+    (g, one), = pool_span_rows(cams, [[(1, 3), (2, 3)]], pool="geomean")
     torch.testing.assert_close(g, torch.tensor([[0.0, 0.0, 1.0]]), atol=1e-5, rtol=0)
     torch.testing.assert_close(one, cams[0, 2])  # a one-token span is its row, unnormalised
     assert torch.equal(cams, before)  # rows are never modified in place
     with pytest.raises(ValueError, match="span pooling"):
-        sum_span_rows(cams, [[(1, 3)]], pool="max")
+        pool_span_rows(cams, [[(1, 3)]], pool="max")
 
 
 def test_local_variant_mask_kernel_and_roundtrip(tmp_path):

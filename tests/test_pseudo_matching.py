@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from det_ext.pseudo.backends.base import sum_span_rows
+from det_ext.pseudo.backends.base import pool_span_rows
 from det_ext.pseudo.matching import CaptionMatcher, Vocabulary, pluralize, singularize
 from det_ext.pseudo.selection import merge_maps, normalize_map, select_boxes
 from det_ext.pseudo.text import SPECIAL_TOKENS, WordPieceTokenizer
@@ -110,7 +110,7 @@ def test_shared_tokens_are_not_corrupted(matcher):
     assert [(x.category_id, x.left, x.right) for x in found] == [(2, 2, 4), (1, 3, 4)]
     cams = torch.arange(5 * 4, dtype=torch.float).reshape(1, 5, 2, 2)
     before = cams.clone()
-    maps = sum_span_rows(cams, [[(x.left, x.right) for x in found]])
+    maps = pool_span_rows(cams, [[(x.left, x.right) for x in found]])
     torch.testing.assert_close(cams, before)
     torch.testing.assert_close(maps[0][0], cams[0, 2] + cams[0, 3])
     torch.testing.assert_close(maps[0][1], cams[0, 3])

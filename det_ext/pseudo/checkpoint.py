@@ -6,8 +6,10 @@ Two layouts are accepted: the pre-training one (``{"model": state, "optimizer", 
 containing ``bert.`` lose that part (``text_encoder.bert.encoder...`` ->
 ``text_encoder.encoder...``); momentum copies (``*_m``), queues, the MLM head and other extra keys
 are ignored; every key the model needs must be present with the right shape, or loading fails with
-the list of problems. The architecture is read from the tensors' shapes (heads from
-``config["det_ext_albef"]`` when the checkpoint records them, else width / 64 as in BERT and ViT-B).
+the list of problems. The architecture is read from the tensors' shapes; head counts, the patch
+stride and det_ext's locality switches (:class:`~det_ext.pseudo.albef.AlbefConfig`) come from
+``config["det_ext_albef"]`` when the checkpoint records them, else ALBEF's values (heads = width /
+64 as in BERT and ViT-B, patch stride = the patch kernel, global attention).
 """
 
 from __future__ import annotations
@@ -57,9 +59,13 @@ def _read(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
 
 
 def albef_config_from_state(
-    state: Dict[str, torch.Tensor], path: str = "checkpoint", heads: Optional[Dict[str, int]] = None
+    state: Dict[str, torch.Tensor], path: str = "checkpoint", heads: Optional[Dict[str, Any]] = None
 ) -> AlbefConfig:
     """Infers an :class:`AlbefConfig` from an ALBEF state dict (``bert.`` already removed).
+
+    Args:
+        heads (dict or None): ``config["det_ext_albef"]`` of a det_ext checkpoint (head counts,
+            patch stride, locality switches); None for ALBEF's own checkpoints.
 
     Raises:
         CheckpointError: a key needed to infer the architecture is missing (e.g. a checkpoint of

@@ -22,7 +22,7 @@ from .base import (
     VLBackend,
     cross_attention_gradcam,
     preprocess_images,
-    sum_span_rows,
+    pool_span_rows,
 )
 
 __all__ = ["AlbefBackend"]
@@ -44,7 +44,7 @@ class AlbefBackend(VLBackend):
         per_image (bool): the reference's one-backward-per-pair loop instead of one batched
             backward.
         cam_mode (str): ``"gradcam"`` or ``"attention"`` (see :func:`cross_attention_gradcam`).
-        span_pool (str): pooling of a name's token rows (see :func:`sum_span_rows`).
+        span_pool (str): pooling of a name's token rows (see :func:`pool_span_rows`).
     """
 
     def __init__(
@@ -135,7 +135,7 @@ class AlbefBackend(VLBackend):
     def span_maps(
         self, images: Sequence[np.ndarray], captions: Sequence[str], spans: Sequence[Sequence[Span]]
     ) -> List[List[torch.Tensor]]:
-        return sum_span_rows(self.token_cams(images, captions), spans, self.span_pool)
+        return pool_span_rows(self.token_cams(images, captions), spans, self.span_pool)
 
     @torch.no_grad()
     def text_embeddings(self, names: Sequence[str]) -> torch.Tensor:

@@ -20,7 +20,7 @@ __all__ = [
     "CLIP_STD",
     "Span",
     "SPAN_POOLS",
-    "sum_span_rows",
+    "pool_span_rows",
 ]
 
 VL_BACKEND_REGISTRY = Registry("VL_BACKEND")
@@ -147,7 +147,7 @@ class VLBackend:
 SPAN_POOLS = ("sum", "geomean")
 
 
-def sum_span_rows(
+def pool_span_rows(
     cams: torch.Tensor, spans: Sequence[Sequence[Span]], pool: str = "sum"
 ) -> List[List[torch.Tensor]]:
     """Pools the token rows of each span into a *new* tensor (the reference summed in place into

@@ -21,7 +21,7 @@ from .base import (
     VLBackend,
     cross_attention_gradcam,
     preprocess_images,
-    sum_span_rows,
+    pool_span_rows,
 )
 
 __all__ = ["BlipBackend"]
@@ -118,4 +118,4 @@ class BlipBackend(VLBackend):
     def span_maps(
         self, images, captions, spans: Sequence[Sequence[Span]]
     ) -> List[List[torch.Tensor]]:
-        return sum_span_rows(self.token_cams(images, captions), spans, self.span_pool)
+        return pool_span_rows(self.token_cams(images, captions), spans, self.span_pool)
