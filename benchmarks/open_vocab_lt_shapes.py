@@ -278,6 +278,8 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         args, dirs["pseudo_only"], pseudo_name, names["val"], emb, tiny_vl, n_all, emb["all"],
         args.iters_pseudo, []), timings)
     ft_train, ft_classes, ft_emb = names["base_train"], n_base, emb["base"]
+    if (args.iters_finetune, args.finetune_lr) != (300, 0.005):  # a variant: its own folder
+        dirs["pseudo_then_base"] += f"_it{args.iters_finetune}_lr{args.finetune_lr:g}"
     if args.finetune_data == "base+pseudo_novel":
         dirs["pseudo_then_base"] += "_keep_novel"
         ft_train = register_base_with_pseudo_novel(
