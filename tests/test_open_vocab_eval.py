@@ -62,7 +62,7 @@ def test_no_novel_detections_gives_zero_novel_ap():
 def test_lt_shapes_ov_split_removes_novel_boxes(tiny_world):
     names = [c.name for c in build_categories(TINY_SPEC.num_categories, TINY_SPEC.num_twins)]
     novel = (names[2], names[6])
-    ov = register_lt_shapes_ov(TINY_SPEC, prefix="lt_shapes_tiny", novel=novel)
+    ov = register_lt_shapes_ov(TINY_SPEC, prefix="lt_shapes_tiny_split_test", novel=novel)
     base_meta = MetadataCatalog.get(ov["base_train"])
     assert base_meta.thing_classes == [n for n in names if n not in novel]
     full = DatasetCatalog.get(tiny_world["train"])
