@@ -6,7 +6,6 @@ pycocotools break ties between ground-truth boxes by that order.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -16,6 +15,7 @@ from typing import Any, Dict, List, Union
 import numpy as np
 
 from det_ext.utils.errors import DetExtInputError
+from det_ext.utils.io import read_json_input
 
 __all__ = ["EvaluationInputError", "GroundTruth", "load_ground_truth", "read_json"]
 
@@ -33,18 +33,7 @@ def read_json(path: Union[str, os.PathLike], what: str) -> Any:
         path (str or PathLike): the file.
         what (str): what the file holds, for the message (e.g. ``"ground truth"``).
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise EvaluationInputError(f"{path}: {what} file not found")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise EvaluationInputError(
-            f"{path}: malformed {what} JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        ) from None
-    except UnicodeDecodeError as e:
-        raise EvaluationInputError(f"{path}: {what} file is not UTF-8 text ({e})") from None
+    return read_json_input(path, f"{what} file", EvaluationInputError)
 
 
 _MISSING = object()

@@ -43,24 +43,30 @@ def atomic_write_json(path: str, obj: Any, indent: int | None = None) -> None:
         json.dump(obj, f, indent=indent)
 
 
-def read_json_input(path: str, what: str) -> Any:
+def read_json_input(path: str | os.PathLike, what: str, error: type | None = None) -> Any:
     """Reads a user-supplied JSON file.
 
     Args:
-        path (str): the file.
+        path (str or PathLike): the file.
         what (str): what the file is, for the message (e.g. ``"captions file"``).
+        error (type or None): the exception class raised (default
+            :class:`~det_ext.utils.errors.DatasetFormatError`).
 
     Raises:
-        DatasetFormatError: the file is missing, malformed or truncated (message names the file and
-            the position of the error).
+        error: the file is missing, malformed, truncated or not UTF-8 text (the message names the
+            file and the position of the error).
     """
     from .errors import DatasetFormatError
 
+    error = error or DatasetFormatError
+    path = os.fspath(path)
     if not os.path.isfile(path):
-        raise DatasetFormatError(f"{path}: {what} not found")
+        raise error(f"{path}: {what} not found")
     try:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise DatasetFormatError(f"{path}: malformed or truncated JSON at line {e.lineno} "
-                                 f"column {e.colno}: {e.msg}") from None
+        raise error(f"{path}: malformed or truncated JSON at line {e.lineno} "
+                    f"column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: {what} is not UTF-8 text ({e})") from None
