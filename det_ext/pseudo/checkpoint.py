@@ -59,12 +59,14 @@ def _read(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
 
 
 def albef_config_from_state(
-    state: Dict[str, torch.Tensor], path: str = "checkpoint", heads: Optional[Dict[str, Any]] = None
+    state: Dict[str, torch.Tensor],
+    path: str = "checkpoint",
+    recorded: Optional[Dict[str, Any]] = None,
 ) -> AlbefConfig:
     """Infers an :class:`AlbefConfig` from an ALBEF state dict (``bert.`` already removed).
 
     Args:
-        heads (dict or None): ``config["det_ext_albef"]`` of a det_ext checkpoint (head counts,
+        recorded (dict or None): ``config["det_ext_albef"]`` of a det_ext checkpoint (head counts,
             patch stride, locality switches); None for ALBEF's own checkpoints.
 
     Raises:
@@ -82,7 +84,7 @@ def albef_config_from_state(
     missing = [k for k in needed if k not in state]
     if missing:
         raise CheckpointError(f"{path}: not an ALBEF checkpoint, missing keys {missing}")
-    heads = heads or {}
+    recorded = recorded or {}
     vis_depth = 1 + max(
         int(m.group(1)) for k in state if (m := re.match(r"visual_encoder\.blocks\.(\d+)\.", k))
     )
@@ -100,7 +102,7 @@ def albef_config_from_state(
     ]
     patch_w = state["visual_encoder.patch_embed.proj.weight"]
     width, kernel = patch_w.shape[0], patch_w.shape[-1]
-    patch = int(heads.get("patch_size", kernel))
+    patch = int(recorded.get("patch_size", kernel))
     side = int(round((state["visual_encoder.pos_embed"].shape[1] - 1) ** 0.5))
     hidden = state["text_encoder.embeddings.word_embeddings.weight"].shape[1]
     mlp_hidden = state.get(
@@ -112,12 +114,12 @@ def albef_config_from_state(
         patch_size=patch,
         vision_width=width,
         vision_depth=vis_depth,
-        vision_heads=int(heads.get("vision_heads", max(1, width // 64))),
+        vision_heads=int(recorded.get("vision_heads", max(1, width // 64))),
         mlp_ratio=mlp_hidden / width,
         vocab_size=state["text_encoder.embeddings.word_embeddings.weight"].shape[0],
         hidden_size=hidden,
         num_layers=len(layers),
-        num_heads=int(heads.get("num_heads", max(1, hidden // 64))),
+        num_heads=int(recorded.get("num_heads", max(1, hidden // 64))),
         intermediate_size=state["text_encoder.encoder.layer.0.intermediate.dense.weight"].shape[0],
         fusion_layer=min(cross) if cross else len(layers),
         max_position=state["text_encoder.embeddings.position_embeddings.weight"].shape[0],
@@ -126,10 +128,10 @@ def albef_config_from_state(
         ).shape[0],
         embed_dim=0 if proj is None else proj.shape[0],
         patch_kernel=kernel if kernel != patch else 0,
-        vision_local_radius=int(heads.get("vision_local_radius", -1)),
-        fusion_image_cls=bool(heads.get("fusion_image_cls", True)),
-        text_window=int(heads.get("text_window", -1)),
-        fusion_window=int(heads.get("fusion_window", -1)),
+        vision_local_radius=int(recorded.get("vision_local_radius", -1)),
+        fusion_image_cls=bool(recorded.get("fusion_image_cls", True)),
+        text_window=int(recorded.get("text_window", -1)),
+        fusion_window=int(recorded.get("fusion_window", -1)),
     )
 
 
