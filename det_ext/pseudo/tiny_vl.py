@@ -7,8 +7,9 @@ attention) + ITM head + contrastive projections. Losses (ALBEF): image-text cont
 a learnable temperature, image-text matching (ITM) on the positives, on hard negatives sampled from
 the contrastive similarities (ALBEF) and on *swapped* negatives (the positive caption with one
 mentioned category replaced by another one's surface form), image-conditioned MLM, plus det_ext's
-word-region grounding loss (:func:`det_ext.pseudo.tiny_vl_losses.grounding_loss`). Captions that are true for an image (every
-category they mention is mentioned by the image's own captions) are never used as its negatives.
+word-region grounding loss (:func:`det_ext.pseudo.tiny_vl_losses.grounding_loss`). Captions that
+are true for an image (every category they mention is mentioned by the image's own captions) are
+never used as its negatives.
 docs/pseudo_boxes.md explains and measures the departures from ALBEF. The checkpoint is written in
 ALBEF's pre-training format (``{"model", "optimizer", "config", "epoch"}``, ``text_encoder.bert.*``
 keys) with the word vocabulary under ``config["tokenizer_vocab"]``.
