@@ -10,6 +10,7 @@ from detectron2.data import MetadataCatalog
 
 from det_ext.data.datasets import ensure_lt_shapes_generated
 from det_ext.pseudo.checkpoint import load_albef_checkpoint
+from det_ext.utils.errors import DatasetFormatError
 from det_ext.pseudo.tiny_vl import CaptionData, TinyVLOptions, train_tiny_vl
 from det_ext.pseudo.tiny_vl_data import flip_rotate
 
@@ -68,7 +69,7 @@ def test_swapped_negatives_name_absent_categories(tiny_world):
     assert checked > 20
 
 
-def test_corpus_of_several_sources_and_augmentation(tiny_world):
+def test_corpus_of_several_sources_and_augmentation(tiny_world, tmp_path):
     name = tiny_world["train"]
     folder = ensure_lt_shapes_generated(name)
     meta = MetadataCatalog.get(name)
@@ -79,6 +80,10 @@ def test_corpus_of_several_sources_and_augmentation(tiny_world):
     assert np.array_equal(two.images[len(one)], one.images[0])
     with pytest.raises(ValueError, match="2 captions files but 1 image roots"):
         CaptionData([meta.captions_file] * 2, [folder], meta.vocab_file)
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"image_id": 1, "file_name": "a.png", "captions": ["a red')
+    with pytest.raises(DatasetFormatError, match="broken.json: malformed or truncated JSON"):
+        CaptionData([meta.captions_file, str(broken)], [folder] * 2, meta.vocab_file)
     # the 8 flips/rotations, each a permutation of the pixels, all reached
     img = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
     rng = np.random.default_rng(0)

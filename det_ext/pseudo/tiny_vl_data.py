@@ -4,7 +4,6 @@ mentions, swapped-caption negatives and flip/rotation augmentation."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -12,8 +11,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from det_ext.data.datasets import read_dataset_json
 from det_ext.utils.errors import DatasetFormatError
 
+from .inputs import read_captions
 from .matching import CaptionMatcher, Vocabulary, pluralize, singularize
 from .text import SPECIAL_TOKENS, WordPieceTokenizer, clean_caption
 
@@ -53,25 +54,19 @@ class CaptionData:
         roots = [image_root] if isinstance(image_root, str) else list(image_root)
         if len(files) != len(roots):
             raise ValueError(f"{len(files)} captions files but {len(roots)} image roots")
-        sources = []
-        for file, root in zip(files, roots):
-            with open(file) as f:
-                sources += [(file, root, e) for e in json.load(f)]
-        cats = None
-        if dataset_json:
-            with open(dataset_json) as f:
-                cats = json.load(f)["categories"]
+        sources = [(file, root, r) for file, root in zip(files, roots) for r in read_captions(file)]
+        cats = read_dataset_json(dataset_json)["categories"] if dataset_json else None
         self.vocabulary = Vocabulary.load(vocab_file, cats)
         self.captions: List[List[str]] = [
-            [clean_caption(c) for c in e["captions"]] for _, _, e in sources
+            [clean_caption(c) for c in r.captions] for _, _, r in sources
         ]
         forms = [f for c in self.vocabulary.categories for f in c.forms]
         self.tokenizer = tokenizer or WordPieceTokenizer(
             build_word_vocab([c for cs in self.captions for c in cs], forms)
         )
         images = []
-        for file, root, e in sources:
-            path = os.path.join(root, e["file_name"])
+        for file, root, r in sources:
+            path = os.path.join(root, r.file_name)
             if not os.path.isfile(path):
                 raise DatasetFormatError(f"{file}: image {path} not found")
             images.append(np.asarray(Image.open(path).convert("RGB")))
