@@ -1,10 +1,14 @@
 # Copyright (c) det_ext authors.
 """Test-session set-up: datasets go to a temporary root, and a tiny LT-Shapes world is shared."""
+import atexit
 import os
+import shutil
 import tempfile
 
-# Before det_ext is imported anywhere: keep generated data out of the repository.
+# Before det_ext is imported anywhere: keep generated data out of the repository, and remove it when
+# the test process exits (each run writes about 100 MB of rendered images there).
 os.environ["DETECTRON2_DATASETS"] = tempfile.mkdtemp(prefix="det_ext_test_datasets_")
+atexit.register(shutil.rmtree, os.environ["DETECTRON2_DATASETS"], ignore_errors=True)
 
 import pytest  # noqa: E402
 
