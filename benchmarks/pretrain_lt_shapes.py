@@ -19,7 +19,7 @@ where it stopped. Output (percent)::
 Usage::
 
     flock /tmp/det_ext_heavy.lock python benchmarks/pretrain_lt_shapes.py --out results.json \
-        [--seed 0] [--epochs 6] [--det-iters 300] [--work-dir output/bench_pretrain]
+        [--seed 0] [--epochs 6] [--det-iters 400] [--work-dir output/bench_pretrain]
 """
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="results JSON")
     p.add_argument("--seed", type=int, default=0, help="LT-Shapes world seed and training seed")
     p.add_argument("--epochs", type=int, default=0, help="pre-training epochs (0: config's)")
-    p.add_argument("--det-iters", type=int, default=300, help="detection iterations (0: skip)")
+    p.add_argument("--det-iters", type=int, default=400, help="detection iterations (0: skip)")
     p.add_argument("--work-dir", default="output/bench_pretrain_lt_shapes",
                    help="intermediate results and checkpoints (resumed when present)")
     p.add_argument("--threads", type=int, default=2)

@@ -114,6 +114,7 @@ def test_write_ov_split_json(tmp_path):
     "configs/LT-Shapes/ov_base_only_R18_FPN_tiny.yaml",
     "configs/LT-Shapes/ov_pseudo_only_R18_FPN_tiny.yaml",
     "configs/LT-Shapes/ov_pseudo_then_base_R18_FPN_tiny.yaml",
+    "configs/LT-Shapes/ov_pseudo_then_base_gt_only_R18_FPN_tiny.yaml",
     "configs/COCO-OV/pretrain_pseudo_R50_FPN.yaml",
     "configs/COCO-OV/finetune_base_R50_FPN.yaml",
     "configs/COCO-OV/base_only_R50_FPN.yaml",

@@ -17,7 +17,9 @@ Registered names:
   and ``coco_ov_val`` (65 categories) from files written by :func:`write_ov_split_json`, and
   ``coco_ov_pseudo_train`` (``<root>/coco_ov/pseudo_boxes_train2017.json``).
 - ``lt_shapes_ov_pseudo_train``: pseudo boxes of the default world's training images
-  (``$DET_EXT_LT_SHAPES_OV_PSEUDO_JSON`` or ``<root>/lt_shapes_ov/pseudo_boxes_train.json``).
+  (``$DET_EXT_LT_SHAPES_OV_PSEUDO_JSON`` or ``<root>/lt_shapes_ov/pseudo_boxes_train.json``), and
+  ``lt_shapes_ov_base_pseudo_novel_train``: base ground truth plus those pseudo boxes of the novel
+  classes, all 30 classes (:func:`register_base_with_pseudo_novel`).
 - LVIS v1 (rare = novel): ``lvis_v1_ov_base_train`` (866 common + frequent categories) and
   ``lvis_v1_ov_val`` (all 1203; novel AP = APr).
 """
@@ -307,12 +309,16 @@ def register_base_with_pseudo_novel(name: str, world_train: str, pseudo_name: st
 def register_all_open_vocab() -> None:
     """Registers the default open-vocabulary splits (idempotent, nothing generated or read
     beyond existing split files)."""
-    register_lt_shapes_ov()
+    names = register_lt_shapes_ov()
     # Pseudo boxes of the default LT-Shapes world's training images (tools/generate_pseudo_boxes.py
     # writes them; docs/open_vocab.md).
     register_pseudo_box_dataset(
         "lt_shapes_ov_pseudo_train", os.getenv(
             "DET_EXT_LT_SHAPES_OV_PSEUDO_JSON",
             os.path.join(datasets_root(), "lt_shapes_ov", "pseudo_boxes_train.json")))
+    # (c)'s fine-tuning data: base ground truth plus the novel classes' pseudo boxes (read lazily).
+    register_base_with_pseudo_novel(
+        "lt_shapes_ov_base_pseudo_novel_train", names["train"], "lt_shapes_ov_pseudo_train",
+        MetadataCatalog.get(names["val"]).novel_category_ids)
     register_coco_ov()
     register_lvis_ov()
