@@ -6,7 +6,7 @@ against random initialisation and the instance-only baseline, and (b) the LT-Sha
 R-CNN (configs/LT-Shapes/pretrained_R18_FPN_tiny.yaml) initialised from each converted backbone
 versus random initialisation, same schedule.
 
-Reduced CPU schedule (see docs/backbones.md): configs/pretrain/*_R18_lt_shapes.yaml (32 px inputs,
+Reduced CPU schedule (see docs/backbones.md): configs/pretrain/*_R18_lt_shapes.yaml (48 px inputs,
 batch 128, --epochs epochs), detection --det-iters iterations of 8 images. Every stage's result is
 kept in WORK_DIR/state.json and pre-training resumes from its last epoch, so a killed run picks up
 where it stopped. Output (percent)::
@@ -14,6 +14,8 @@ where it stopped. Output (percent)::
     {"linear_probe": {"random": {"acc", "tail_acc"}, "instance_only": ..., "pcl": ..., "mopro": ...,
                       "iccl": ...},
      "detection": {"random": {"AP", ...}, "pcl": ..., "mopro": ..., "iccl": ...},
+     "vs_random": {"linear_probe": {method: {"acc", "tail_acc"}}, "detection_AP": {method: d},
+                   "iccl_minus_instance_only_tail_acc": d},
      "settings": {...}, "timing_s": {...}}
 
 Usage::
@@ -102,6 +104,24 @@ def _detect(name: str, weights: str, args, names) -> Dict[str, float]:
     return {k: bbox[k] for k in ("AP", "AP50", "AP75", "APr", "APc", "APf") if k in bbox}
 
 
+def _gaps(state: Dict[str, Any]) -> Dict[str, Any]:
+    """Differences (points) that the issue's targets read: each method's probe minus random
+    initialisation's, ICCL's tail accuracy minus instance-only's, and box AP minus random's."""
+    probe, det = state["linear_probe"], state["detection"]
+    out: Dict[str, Any] = {"linear_probe": {}, "detection_AP": {}}
+    for m in METHODS:
+        if m in probe and "random" in probe:
+            out["linear_probe"][m] = {k: round(probe[m][k] - probe["random"][k], 2)
+                                      for k in ("acc", "tail_acc")}
+    if "iccl" in probe and "instance_only" in probe:
+        out["iccl_minus_instance_only_tail_acc"] = round(
+            probe["iccl"]["tail_acc"] - probe["instance_only"]["tail_acc"], 2)
+    for m in DETECTION[1:]:
+        if m in det and "random" in det:
+            out["detection_AP"][m] = round(det[m]["AP"] - det["random"]["AP"], 2)
+    return out
+
+
 def main(args) -> Dict[str, Any]:
     setup_logger(name="det_ext")
     setup_logger(name="detectron2")
@@ -164,6 +184,7 @@ def main(args) -> Dict[str, Any]:
         state["timing_s"][f"detection_{name}"] = round(time.perf_counter() - t, 1)
         atomic_write_json(state_path, state, indent=1)
         logger.info("%s detection: %s", name, state["detection"][name])
+    state["vs_random"] = _gaps(state)
     state["timing_s"]["total_this_invocation"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(args.out, state, indent=1)
     return state
