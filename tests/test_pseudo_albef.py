@@ -266,6 +266,10 @@ def test_text_windows():
         [0, 0, 0, 1, 0],
     ]
     assert FusionBert.windowed_mask(pad, -1) is pad
+    # the same masks from the [B, L] token mask
+    tokens = torch.tensor([[1, 1, 1, 1, 0]])
+    assert torch.equal(FusionBert.self_attention_mask(tokens, 1)[0, 0], m)
+    assert torch.equal(FusionBert.self_attention_mask(tokens, -1), pad)
     # a word's fusion-input state depends on its window only
     model = AlbefITM(tiny_cfg(text_window=0, fusion_window=1)).eval()
     ids = torch.tensor([[2, 5, 6, 7, 14, 10, 11, 3]])

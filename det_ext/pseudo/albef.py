@@ -209,7 +209,6 @@ class FusionBert(nn.Module):
         text_embeds: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Returns the last hidden states [B, L, hidden]."""
-        mask_add = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
         layers = range(self.cfg.num_layers)
         if mode == "text":
             layers = range(self.cfg.fusion_layer)
@@ -229,11 +228,18 @@ class FusionBert(nn.Module):
             if not self.cfg.fusion_image_cls:
                 image_mask_add[..., 0] = -10000.0
         windows = {self.cfg.text_window, self.cfg.fusion_window}
-        masks = {w: self.windowed_mask(mask_add, w) for w in windows}
+        masks = {w: self.self_attention_mask(attention_mask, w) for w in windows}
         for i in layers:
             w = self.cfg.text_window if i < self.cfg.fusion_layer else self.cfg.fusion_window
             x = self.encoder.layer[i](x, masks[w].to(x.dtype), image_embeds, image_mask_add)
         return x
+
+    @classmethod
+    def self_attention_mask(cls, attention_mask: torch.Tensor, window: int) -> torch.Tensor:
+        """Additive self-attention mask of the layers with local ``window`` (-1: global) from the
+        [B, L] token mask (1 = token, 0 = padding): [B, 1, 1, L] or, with a window, [B, 1, L, L]."""
+        mask_add = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
+        return cls.windowed_mask(mask_add, window)
 
     @staticmethod
     def windowed_mask(mask_add: torch.Tensor, window: int) -> torch.Tensor:

@@ -243,10 +243,7 @@ def train_tiny_vl(
             "tokenizer_vocab": data.tokenizer.vocab,
             "max_text_len": opts.max_text_len,
             "train_options": dataclasses.asdict(opts),
-            "train_captions": [
-                os.path.abspath(f)
-                for f in ([captions_file] if isinstance(captions_file, str) else captions_file)
-            ],
+            "train_captions": [os.path.abspath(f) for f in data.captions_files],
         },
         extra={"optimizer": optim.state_dict(), "epoch": 0},
     )

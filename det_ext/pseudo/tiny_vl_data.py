@@ -40,6 +40,9 @@ class CaptionData:
             caption corpus made of several LT-Shapes worlds); ``image_root`` matches it.
         image_root: folder (or folders) the ``file_name`` entries are relative to.
         vocab_file: the ``{category: [surface forms]}`` vocabulary (the same for every source).
+
+    Attributes:
+        captions_files (list): the captions files read, in order.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class CaptionData:
         tokenizer: Optional[WordPieceTokenizer] = None,
     ):
         files = [captions_file] if isinstance(captions_file, str) else list(captions_file)
+        self.captions_files = files
         roots = [image_root] if isinstance(image_root, str) else list(image_root)
         if len(files) != len(roots):
             raise ValueError(f"{len(files)} captions files but {len(roots)} image roots")

@@ -93,9 +93,7 @@ def grounding_loss(
     if not spans:
         return img.sum() * 0.0
     layer = model.text_encoder.encoder.layer[model.cfg.fusion_layer]
-    mask_add = model.text_encoder.windowed_mask(
-        (1.0 - mask[:, None, None, :].float()) * -10000.0, model.cfg.fusion_window
-    )
+    mask_add = model.text_encoder.self_attention_mask(mask, model.cfg.fusion_window)
     attn = layer.crossattention.self
     q = attn._split(attn.query(layer.attention(txt, mask_add)))  # [B, h, L, d]
     k = attn._split(attn.key(img[:, 1:]))  # [B, h, N, d]
@@ -160,20 +158,11 @@ def train_step(
             neg_txt.append(texts[j])
     neg_ids, neg_mask = data.tokenizer.encode(neg_txt, opts.max_text_len)
     length = max(ids.shape[1], neg_ids.shape[1])
-    ids_all = torch.cat(
-        [
-            F.pad(ids, (0, length - ids.shape[1])),
-            F.pad(ids, (0, length - ids.shape[1])),
-            F.pad(neg_ids, (0, length - neg_ids.shape[1])),
-        ]
-    )
-    mask_all = torch.cat(
-        [
-            F.pad(mask, (0, length - mask.shape[1])),
-            F.pad(mask, (0, length - mask.shape[1])),
-            F.pad(neg_mask, (0, length - neg_mask.shape[1])),
-        ]
-    )
+    pos_ids, pos_mask = (F.pad(t, (0, length - t.shape[1])) for t in (ids, mask))
+    neg_ids, neg_mask = (F.pad(t, (0, length - t.shape[1])) for t in (neg_ids, neg_mask))
+    # rows: (image, its caption), (hard-negative image, caption), (image, negative caption)
+    ids_all = torch.cat([pos_ids, pos_ids, neg_ids])
+    mask_all = torch.cat([pos_mask, pos_mask, neg_mask])
     img_all = torch.cat([img, img[neg_img], img])
     logits = model.itm_logits(img_all, ids_all, mask_all)
     labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long()
