@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 # Copyright (c) det_ext authors.
 """Benchmark: short PCL / MoPro / ICCL pre-training of a ResNet-18 on LT-Shapes object crops,
-then (a) a linear probe on frozen features (val crops; overall and tail = LVIS 'r' + 'c' classes)
+then (a) a linear probe on frozen features (val crops; overall, class-balanced = mean per-class,
+and tail = LVIS 'r' + 'c' classes)
 against random initialisation and the instance-only baseline, and (b) the LT-Shapes tiny Mask
 R-CNN (configs/LT-Shapes/pretrained_R18_FPN_tiny.yaml) initialised from each converted backbone
 versus random initialisation, same schedule.
@@ -11,11 +12,11 @@ batch 128, --epochs epochs), detection --det-iters iterations of 8 images. Every
 kept in WORK_DIR/state.json and pre-training resumes from its last epoch, so a killed run picks up
 where it stopped. Output (percent)::
 
-    {"linear_probe": {"random": {"acc", "tail_acc"}, "instance_only": ..., "pcl": ..., "mopro": ...,
-                      "iccl": ...},
+    {"linear_probe": {"random": {"acc", "balanced_acc", "tail_acc"}, "instance_only": ...,
+                      "pcl": ..., "mopro": ..., "iccl": ...},
      "detection": {"random": {"AP", ...}, "pcl": ..., "mopro": ..., "iccl": ...},
-     "vs_random": {"linear_probe": {method: {"acc", "tail_acc"}}, "detection_AP": {method: d},
-                   "iccl_minus_instance_only_tail_acc": d},
+     "vs_random": {"linear_probe": {method: {"acc", "balanced_acc", "tail_acc"}},
+                   "detection_AP": {method: d}, "iccl_minus_instance_only_tail_acc": d},
      "settings": {...}, "timing_s": {...}}
 
 Usage::
@@ -112,7 +113,8 @@ def _gaps(state: Dict[str, Any]) -> Dict[str, Any]:
     for m in METHODS:
         if m in probe and "random" in probe:
             out["linear_probe"][m] = {k: round(probe[m][k] - probe["random"][k], 2)
-                                      for k in ("acc", "tail_acc")}
+                                      for k in ("acc", "balanced_acc", "tail_acc")
+                                      if k in probe[m] and k in probe["random"]}
     if "iccl" in probe and "instance_only" in probe:
         out["iccl_minus_instance_only_tail_acc"] = round(
             probe["iccl"]["tail_acc"] - probe["instance_only"]["tail_acc"], 2)

@@ -15,6 +15,7 @@ from det_ext.data.noise import (
     NoiseSpecError,
     add_box_noise,
     add_label_noise,
+    _prior_transition,
     box_iou_xywh,
     make_noisy_dataset,
 )
@@ -87,6 +88,29 @@ def test_label_noise_rate_is_exact_and_flips_are_uniform():
     flipped = pair != labels
     assert flipped.sum() == 2000
     assert ((labels[flipped] + 1) % 5 == pair[flipped]).all()
+
+
+def test_label_noise_prior_mode_follows_class_frequencies():
+    # Hand-computed rows: frequencies [3, 1, 0] without the own class, renormalised; a class
+    # whose others are all absent flips uniformly.
+    np.testing.assert_allclose(_prior_transition(np.array([0, 0, 0, 1]), 3),
+                               [[0, 1, 0], [1, 0, 0], [0.75, 0.25, 0]])
+    np.testing.assert_allclose(_prior_transition(np.array([0, 0]), 2), [[0, 1], [1, 0]])
+    # Long tail 8000 / 1600 / 400: flips out of class 0 go to 1 and 2 as 1600 : 400.
+    labels = np.repeat([0, 1, 2], [8000, 1600, 400])
+    noisy = add_label_noise(labels, 3, 0.2, np.random.default_rng(0), mode="prior")
+    changed = noisy != labels
+    assert changed.sum() == 2000
+    from_zero = noisy[changed & (labels == 0)]
+    assert abs((from_zero == 1).mean() - 0.8) < 0.03
+    # Share of wrong labels per given label: symmetric noise makes the rarest label the noisiest
+    # (expected 0.75 for class 2); prior noise gives the non-head labels the same rate (~0.5).
+    def wrong(noisy_labels):
+        return [float((labels[noisy_labels == c] != c).mean()) for c in range(3)]
+    sym = wrong(add_label_noise(labels, 3, 0.2, np.random.default_rng(0)))
+    prior = wrong(noisy)
+    assert sym[2] > 0.7 and sym[2] - sym[1] > 0.25
+    assert abs(prior[2] - prior[1]) < 0.05 and prior[2] < sym[2] - 0.2
 
 
 def test_label_noise_transition_matrix():

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from det_ext.pretrain.data import ClassAwareSampler, add_label_noise
+from det_ext.pretrain.data import ClassAwareSampler
 from det_ext.pretrain.encoder import ResNetEncoder
 from det_ext.pretrain.iccl import ICCL, centroid_contrastive_loss, interpolate
 from det_ext.pretrain.moco import MomentumContrast
@@ -258,14 +258,6 @@ def test_class_aware_sampler_balances_classes():
         list(ClassAwareSampler(labels, 50, seed=3))
 
 
-def test_label_noise():
-    labels = torch.arange(100) % 5
-    noisy = add_label_noise(labels, 0.2, 5, seed=0)
-    assert int((noisy != labels).sum()) == 20
-    assert noisy.min() >= 0 and noisy.max() < 5
-    assert torch.equal(add_label_noise(labels, 0.0, 5), labels)
-
-
 def test_encoder_heads_names():
     assert {"fc.0.weight", "fc.2.weight"} <= set(ResNetEncoder("resnet18", "mlp").state_dict())
     names = set(ResNetEncoder("resnet18", "mopro", num_classes=4).state_dict())
@@ -290,4 +282,23 @@ def test_linear_probe_and_tail_accuracy():
     val[4] = centers[0]  # a tail sample that looks like class 0: wrong
     acc = probe_accuracy(clf, val, val_labels, tail)
     assert acc["acc"] == pytest.approx(80.0) and acc["tail_acc"] == pytest.approx(200 / 3)
+    # classes 0, 1, 2 right, class 3 half right: (1 + 1 + 1 + 0.5) / 4
+    assert acc["balanced_acc"] == pytest.approx(87.5)
     assert acc["num_tail_samples"] == 3
+
+
+def test_random_rotate_90_in_transforms():
+    from det_ext.pretrain.cli import build_pretrain_config
+    from det_ext.pretrain.data import RandomRotate90, build_transforms
+
+    img = torch.arange(2 * 3 * 3).reshape(2, 3, 3)
+    rotations = {tuple(torch.rot90(img, k, dims=(1, 2)).flatten().tolist()) for k in range(4)}
+    torch.manual_seed(0)
+    seen = {tuple(RandomRotate90()(img).flatten().tolist()) for _ in range(40)}
+    assert seen == rotations
+    cfg = build_pretrain_config("", ["PRETRAIN.AUG.ROTATE_90", "True"])
+    ops = build_transforms(cfg.PRETRAIN.AUG, 8, "weak").transforms
+    assert any(isinstance(op, RandomRotate90) for op in ops)
+    cfg = build_pretrain_config("", [])
+    assert not any(isinstance(op, RandomRotate90)
+                   for op in build_transforms(cfg.PRETRAIN.AUG, 8, "strong").transforms)

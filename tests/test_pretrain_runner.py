@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _opts(out, method, epochs=2):
     return ["OUTPUT_DIR", str(out), "SEED", "1", "PRETRAIN.METHOD", method,
             "PRETRAIN.MODEL.ARCH", "resnet18", "PRETRAIN.MODEL.DIM", "16",
-            "PRETRAIN.MODEL.HEAD", "mlp" if method == "pcl" else "mopro",
+            "PRETRAIN.MODEL.HEAD", "mlp" if method in ("pcl", "moco") else "mopro",
             "PRETRAIN.MOCO.QUEUE_SIZE", "32", "PRETRAIN.MOCO.MOMENTUM", "0.9",
             "PRETRAIN.PCL.NUM_CLUSTERS", "[4, 8]", "PRETRAIN.PCL.WARMUP_EPOCHS", "1",
             "PRETRAIN.PCL.NUM_NEG_PROTOS", "4", "PRETRAIN.PCL.KMEANS_REDO", "1",
@@ -41,6 +41,18 @@ def tiny_samples(tiny_world):
                      s.class_frequency)
 
 
+@pytest.mark.parametrize("noise_type", ["symmetric", "prior"])
+def test_label_noise_of_sample_set(tiny_world, noise_type):
+    cfg = build_pretrain_config("", _opts("/tmp/unused", "mopro") +
+                                ["PRETRAIN.DATA.NOISE_TYPE", noise_type])
+    s = load_sample_set(cfg.PRETRAIN.DATA, seed=3)
+    changed = s.labels != s.clean_labels
+    assert int(changed.sum()) == round(0.2 * len(s.labels))
+    assert s.labels.min() >= 0 and s.labels.max() < s.num_classes
+    assert torch.equal(load_sample_set(cfg.PRETRAIN.DATA, seed=3).labels, s.labels)
+    assert torch.equal(load_sample_set(cfg.PRETRAIN.DATA, noise=False).labels, s.clean_labels)
+
+
 def test_crops_from_tiny_world(tiny_world):
     cfg = build_pretrain_config("", _opts("/tmp/unused", "mopro"))
     s = load_sample_set(cfg.PRETRAIN.DATA, seed=1)
@@ -52,14 +64,15 @@ def test_crops_from_tiny_world(tiny_world):
     assert abs(float(flipped) - 0.2) < 0.01
 
 
-@pytest.mark.parametrize("method", ["pcl", "mopro", "iccl"])
+@pytest.mark.parametrize("method", ["moco", "pcl", "mopro", "iccl"])
 def test_checkpoint_format_and_conversion(tmp_path, tiny_samples, method):
     cfg = build_pretrain_config("", _opts(tmp_path, method, epochs=2))
     runner = PretrainRunner(cfg, tiny_samples)
     history = runner.train()
     assert [h["epoch"] for h in history] == [1, 2]
     assert "loss_inst" in history[-1]
-    assert {"pcl": "loss_proto", "mopro": "loss_proto", "iccl": "loss_icc"}[method] in history[1]
+    assert {"moco": "loss_inst", "pcl": "loss_proto", "mopro": "loss_proto",
+            "iccl": "loss_icc"}[method] in history[1]
     blob = torch.load(tmp_path / "checkpoint_last.pth.tar", weights_only=True)
     assert set(blob) == {"epoch", "arch", "state_dict", "optimizer"} and blob["epoch"] == 2
     keys = blob["state_dict"]

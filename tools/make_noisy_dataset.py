@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--box-rate", type=float, default=0.4, help="box noise Nb, [0, 1]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label-mode", default="symmetric",
-                        choices=["symmetric", "pairflip", "matrix"])
+                        choices=["symmetric", "prior", "pairflip", "matrix"])
     parser.add_argument("--transition", default="",
                         help="JSON file with a KxK flip matrix (label mode 'matrix')")
     parser.add_argument("--y-scale", default="h", choices=["h", "w"])

@@ -105,8 +105,12 @@ def add_pretrain_config(cfg: CN) -> None:
     cfg.PRETRAIN.DATA.CROP_CONTEXT = 0.1
     # Boxes smaller than this (pixels, either side) are skipped.
     cfg.PRETRAIN.DATA.MIN_BOX_SIZE = 2.0
-    # Synthetic symmetric label noise: fraction of labels flipped to another class (MoPro).
+    # Synthetic label noise (MoPro): fraction of the labels changed to another class.
     cfg.PRETRAIN.DATA.NOISE_RATE = 0.0
+    # Class the changed labels go to (det_ext.data.noise.add_label_noise): "symmetric" (uniform over
+    # the other classes) or "prior" (in proportion to the class frequencies; on a long-tailed set
+    # "symmetric" leaves the rare classes' labels almost all wrong).
+    cfg.PRETRAIN.DATA.NOISE_TYPE = "symmetric"
 
     cfg.PRETRAIN.AUG = CN()
     # RandomResizedCrop scale range.
@@ -118,6 +122,9 @@ def add_pretrain_config(cfg: CN) -> None:
     cfg.PRETRAIN.AUG.GRAYSCALE_PROB = 0.2
     # Probability of Gaussian blur (sigma 0.1-2; MoCo v2 "aug-plus").
     cfg.PRETRAIN.AUG.BLUR_PROB = 0.5
+    # Rotate both views by a random multiple of 90 degrees (after the flip; not in the reference
+    # recipes, which train on upright photographs).
+    cfg.PRETRAIN.AUG.ROTATE_90 = False
 
     cfg.PRETRAIN.SOLVER = CN()
     cfg.PRETRAIN.SOLVER.EPOCHS = 200

@@ -5,7 +5,9 @@ Box noise follows the paper's formula (verified through a secondary source): eve
 every box is shifted independently, ``x1' = x1 + u``, ``u ~ U(-Nb*w, +Nb*w)`` (``x2`` likewise) and
 ``y1' = y1 + v``, ``v ~ U(-Nb*h, +Nb*h)`` (``y2`` likewise; scaling y by the height is the natural
 reading, an option allows the width). Label noise relabels a fraction ``Nl`` of the boxes to another
-category: uniformly to a different class (symmetric), to the next class (pair flip) or by a
+category: uniformly to a different class (symmetric), to a different class drawn in proportion to
+the class frequencies (prior: on a long-tailed set every label keeps a moderate noise rate, as in
+web data, instead of rare labels being almost all wrong), to the next class (pair flip) or by a
 user-supplied transition matrix. Every noisy annotation keeps the clean annotation's id in
 ``clean_id`` (and its clean box and category in ``clean_bbox`` / ``clean_category_id``) so that any
 correction can be scored against the truth. Everything is deterministic given the seed.
@@ -23,7 +25,7 @@ from det_ext.utils.errors import DetExtInputError
 __all__ = ["NoiseSpec", "NoiseSpecError", "add_box_noise", "add_label_noise", "make_noisy_dataset",
            "box_iou_xywh"]
 
-LABEL_MODES = ("symmetric", "pairflip", "matrix")
+LABEL_MODES = ("symmetric", "prior", "pairflip", "matrix")
 DEGENERATE_MODES = ("reorder", "redraw")
 
 
@@ -41,8 +43,9 @@ class NoiseSpec:
             equals the nominal one up to rounding.
         box_rate (float): box noise level Nb in [0, 1] (0.4 gives a mean IoU of about 0.45).
         seed (int): random seed; equal specs on equal input give identical output.
-        label_mode (str): "symmetric" (uniform over the other classes), "pairflip" (class k -> the
-            next class in id order) or "matrix" (rows of ``transition`` give the flip distribution).
+        label_mode (str): "symmetric" (uniform over the other classes), "prior" (the other classes
+            in proportion to their frequency in ``labels``), "pairflip" (class k -> the next class
+            in id order) or "matrix" (rows of ``transition`` give the flip distribution).
         transition (tuple or None): K x K row-stochastic matrix with a zero diagonal, over the
             categories in id order ("matrix" mode only).
         y_scale (str): "h" (y shifts scaled by the box height, default) or "w" (by the width).
@@ -163,6 +166,18 @@ def _check_transition(transition: Sequence[Sequence[float]], k: int) -> np.ndarr
     return mat
 
 
+def _prior_transition(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """K x K flip distribution of the "prior" mode: row k is the class frequencies of ``labels``
+    with class k removed, renormalised (uniform over the others when they are all absent)."""
+    freq = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    mat = np.tile(freq, (num_classes, 1))
+    np.fill_diagonal(mat, 0.0)
+    empty = mat.sum(1) == 0
+    mat[empty] = 1.0
+    mat[empty, np.flatnonzero(empty)] = 0.0
+    return mat / mat.sum(1, keepdims=True)
+
+
 def add_label_noise(labels: np.ndarray, num_classes: int, rate: float, rng: np.random.Generator,
                     mode: str = "symmetric",
                     transition: Optional[Sequence[Sequence[float]]] = None) -> np.ndarray:
@@ -173,7 +188,7 @@ def add_label_noise(labels: np.ndarray, num_classes: int, rate: float, rng: np.r
         num_classes (int): K (>= 2 when rate > 0).
         rate (float): fraction of boxes to relabel, in [0, 1].
         rng (np.random.Generator): random source.
-        mode (str): "symmetric", "pairflip" or "matrix".
+        mode (str): "symmetric", "prior", "pairflip" or "matrix" (see :class:`NoiseSpec`).
         transition (K x K or None): flip distribution per clean class ("matrix" mode).
 
     Returns:
@@ -194,7 +209,10 @@ def add_label_noise(labels: np.ndarray, num_classes: int, rate: float, rng: np.r
     elif mode == "pairflip":
         noisy[chosen] = (clean + 1) % num_classes
     else:
-        mat = _check_transition(transition, num_classes)
+        if mode == "prior":
+            mat = _prior_transition(labels, num_classes)
+        else:
+            mat = _check_transition(transition, num_classes)
         cum = np.cumsum(mat[clean], axis=1)
         draws = rng.uniform(size=(n_flip, 1))
         noisy[chosen] = np.minimum((draws > cum).sum(axis=1), num_classes - 1)

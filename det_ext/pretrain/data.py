@@ -17,10 +17,11 @@ from detectron2.structures import BoxMode
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2 as T
 
+from det_ext.data.noise import add_label_noise
 from det_ext.utils.errors import DatasetFormatError
 
 __all__ = [
-    "SampleSet", "crops_from_dicts", "load_sample_set", "add_label_noise", "build_transforms",
+    "SampleSet", "crops_from_dicts", "load_sample_set", "build_transforms", "RandomRotate90",
     "ViewDataset", "ClassAwareSampler", "TORCHVISION_MEAN", "TORCHVISION_STD",
 ]
 
@@ -133,21 +134,6 @@ def _image_folder(root: str, size: int):
     return np.stack(images), np.asarray(labels, dtype=np.int64), classes
 
 
-def add_label_noise(labels: torch.Tensor, rate: float, num_classes: int, seed: int = 0
-                    ) -> torch.Tensor:
-    """Symmetric noise: a fraction ``rate`` of the labels (chosen at random) is replaced by a
-    different class drawn uniformly. Unknown labels (-1) are left alone."""
-    labels = labels.clone()
-    if rate <= 0:
-        return labels
-    gen = torch.Generator().manual_seed(seed)
-    known = (labels >= 0).nonzero().flatten()
-    flip = known[torch.randperm(len(known), generator=gen)[:int(round(rate * len(known)))]]
-    shift = torch.randint(1, num_classes, (len(flip),), generator=gen)
-    labels[flip] = (labels[flip] + shift) % num_classes
-    return labels
-
-
 def load_sample_set(data_cfg, datasets: Optional[Sequence[str]] = None, seed: int = 0,
                     noise: bool = True) -> SampleSet:
     """Samples described by ``cfg.PRETRAIN.DATA`` (or the registered ``datasets`` given).
@@ -184,7 +170,13 @@ def load_sample_set(data_cfg, datasets: Optional[Sequence[str]] = None, seed: in
         raise DatasetFormatError(f"PRETRAIN.DATA.SOURCE: unknown source '{data_cfg.SOURCE}' "
                                  f"(detectron2, json, image_folder)")
     clean = torch.as_tensor(labels)
-    noisy = add_label_noise(clean, data_cfg.NOISE_RATE, len(names), seed) if noise else clean
+    noisy = clean
+    if noise and data_cfg.NOISE_RATE > 0:
+        noisy = clean.clone()
+        known = clean >= 0  # unknown labels (-1) are left alone
+        noisy[known] = torch.from_numpy(add_label_noise(
+            clean[known].numpy(), len(names), data_cfg.NOISE_RATE, np.random.default_rng(seed),
+            mode=data_cfg.NOISE_TYPE))
     images = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).contiguous()
     logger.info("pre-training data: %d samples of %dx%d, %d classes, %d noisy labels",
                 len(clean), size, size, len(names), int((noisy != clean).sum()))
@@ -216,7 +208,17 @@ def build_transforms(aug_cfg, input_size: int, kind: str) -> T.Compose:
     elif kind != "weak":
         raise ValueError(f"unknown transform kind '{kind}'")
     ops.append(T.RandomHorizontalFlip())
+    if aug_cfg.ROTATE_90:
+        ops.append(RandomRotate90())
     return T.Compose(ops + tail)
+
+
+class RandomRotate90(torch.nn.Module):
+    """Rotation by a uniformly drawn multiple of 90 degrees of a [C, H, W] image (no padding:
+    for data whose objects appear at any orientation, such as LT-Shapes)."""
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return torch.rot90(img, int(torch.randint(4, ())), dims=(-2, -1))
 
 
 class ViewDataset(Dataset):

@@ -140,3 +140,12 @@ class MomentumContrast(nn.Module):
             k = self.encode_keys(im_k)["embedding"]
         logits, labels = self.instance_logits(out_q["embedding"], k)
         return out_q, k, F.cross_entropy(logits, labels)
+
+    def forward(self, batch: Dict[str, torch.Tensor], epoch: int = 0) -> Dict[str, torch.Tensor]:
+        """Plain MoCo (method "moco"). Args: batch with ``img_q``, ``img_k`` [N, 3, H, W].
+
+        Returns: ``{"loss_inst": InfoNCE}``; the keys are enqueued.
+        """
+        _, k, loss_inst = self.instance_step(batch["img_q"], batch["img_k"])
+        self.enqueue(k)
+        return {"loss_inst": loss_inst}

@@ -1,6 +1,6 @@
 # Copyright (c) det_ext authors.
 """Linear probe: a linear classifier trained on frozen pooled features of training samples and
-evaluated on held-out samples (overall accuracy and accuracy on tail classes)."""
+evaluated on held-out samples (overall, class-balanced and tail-class accuracy)."""
 from __future__ import annotations
 
 import logging
@@ -65,10 +65,18 @@ def train_linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, nu
 @torch.no_grad()
 def probe_accuracy(clf: torch.nn.Linear, feats: torch.Tensor, labels: torch.Tensor,
                    tail: Optional[torch.Tensor] = None) -> Dict[str, float]:
-    """Accuracy (percent) overall and on samples of the ``tail`` classes."""
+    """Accuracy (percent) overall, class-balanced and on samples of the ``tail`` classes.
+
+    ``balanced_acc`` is the mean over the classes present in ``labels`` of their accuracy: the
+    accuracy on a class-balanced evaluation set (the ImageNet-LT protocol), where the long-tailed
+    ``acc`` is dominated by the head classes.
+    """
     pred = clf((feats - clf.mean) / clf.std).argmax(1)
     correct = (pred == labels).float()
-    out = {"acc": 100.0 * float(correct.mean())}
+    classes, inverse = labels.unique(return_inverse=True)
+    per_class = torch.zeros(len(classes)).index_add_(0, inverse, correct) / \
+        torch.bincount(inverse, minlength=len(classes)).float()
+    out = {"acc": 100.0 * float(correct.mean()), "balanced_acc": 100.0 * float(per_class.mean())}
     if tail is not None and len(tail):
         mask = torch.isin(labels, tail)
         out["tail_acc"] = 100.0 * float(correct[mask].mean()) if mask.any() else float("nan")
