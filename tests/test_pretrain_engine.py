@@ -156,7 +156,7 @@ def _probs_to_logits(p):
 
 
 def test_mopro_cleaning_thresholds():
-    c = 4  # 1/C = 0.25
+    # C = 4 classes, so 1/C = 0.25
     cls = _probs_to_logits([[0.30, 0.30, 0.20, 0.20],   # s[y=0] = 0.3 > 0.25: keep
                             [0.05, 0.85, 0.05, 0.05],   # s[y=0] = 0.05, max 0.85 > 0.8: relabel 1
                             [0.10, 0.40, 0.40, 0.10],   # s[y=0] = 0.10, max 0.4: OOD
