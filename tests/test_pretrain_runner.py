@@ -109,6 +109,8 @@ def test_resume_continues_identically(tmp_path, tiny_samples):
 def test_config_errors():
     with pytest.raises(ConfigInputError, match="PRETRAIN.METHOD"):
         build_pretrain_config("", ["PRETRAIN.METHOD", "simclr"])
+    with pytest.raises(ConfigInputError, match="PRETRAIN.DATA.NOISE_TYPE"):
+        build_pretrain_config("", ["PRETRAIN.DATA.NOISE_TYPE", "pairs"])
     with pytest.raises(ConfigInputError, match="NO_SUCH_KEY"):
         build_pretrain_config("", ["PRETRAIN.NO_SUCH_KEY", "1"])
     with pytest.raises(ConfigInputError, match="missing.yaml"):

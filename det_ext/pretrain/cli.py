@@ -36,6 +36,9 @@ def build_pretrain_config(config_file: str = "", opts: Optional[List[str]] = Non
         cfg.PRETRAIN.METHOD = method
     if cfg.PRETRAIN.METHOD not in ("pcl", "mopro", "iccl", "moco"):
         raise ConfigInputError(f"PRETRAIN.METHOD: unknown method '{cfg.PRETRAIN.METHOD}'")
+    if cfg.PRETRAIN.DATA.NOISE_TYPE not in ("symmetric", "prior"):
+        raise ConfigInputError(f"PRETRAIN.DATA.NOISE_TYPE: unknown noise type "
+                               f"'{cfg.PRETRAIN.DATA.NOISE_TYPE}' (symmetric, prior)")
     cfg.freeze()
     return cfg
 
