@@ -13,7 +13,8 @@ import argparse
 import json
 
 from det_ext.data.datasets import read_dataset_json
-from det_ext.data.noise import NoiseSpec, NoiseSpecError, make_noisy_dataset
+from det_ext.data.noise import (DEGENERATE_MODES, LABEL_MODES, NoiseSpec, NoiseSpecError,
+                               make_noisy_dataset)
 from det_ext.engine import run_cli
 from det_ext.utils.io import atomic_write_json
 
@@ -43,11 +44,11 @@ def main() -> None:
     parser.add_argument("--box-rate", type=float, default=0.4, help="box noise Nb, [0, 1]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label-mode", default="symmetric",
-                        choices=["symmetric", "prior", "pairflip", "matrix"])
+                        choices=list(LABEL_MODES))
     parser.add_argument("--transition", default="",
                         help="JSON file with a KxK flip matrix (label mode 'matrix')")
     parser.add_argument("--y-scale", default="h", choices=["h", "w"])
-    parser.add_argument("--degenerate", default="reorder", choices=["reorder", "redraw"])
+    parser.add_argument("--degenerate", default="reorder", choices=list(DEGENERATE_MODES))
     parser.add_argument("--no-clip", action="store_true", help="do not clip boxes to the image")
     parser.add_argument("--keep-segmentation", action="store_true")
     args = parser.parse_args()
