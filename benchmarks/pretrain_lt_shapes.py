@@ -134,7 +134,10 @@ def main(args) -> Dict[str, Any]:
     names = _datasets(args)
     base = _pretrain_cfg("pcl", args, names)
     t0 = time.perf_counter()
-    train = load_sample_set(base.PRETRAIN.DATA, datasets=[names["train"]], noise=False)
+    masks = any(_pretrain_cfg(m, args, names).PRETRAIN.AUG.BACKGROUND_SWAP_PROB > 0
+                for m in METHODS)  # instance masks and backgrounds for background swaps
+    train = load_sample_set(base.PRETRAIN.DATA, datasets=[names["train"]], noise=False,
+                            masks=masks)
     val = load_sample_set(base.PRETRAIN.DATA, datasets=[names["val"]], noise=False)
     tail = tail_classes(train.class_frequency)
     transform = build_transforms(base.PRETRAIN.AUG, base.PRETRAIN.DATA.INPUT_SIZE, "eval")
@@ -158,7 +161,7 @@ def main(args) -> Dict[str, Any]:
         samples = train
         if cfg.PRETRAIN.DATA.NOISE_RATE > 0:
             samples = load_sample_set(cfg.PRETRAIN.DATA, datasets=[names["train"]],
-                                      seed=args.seed)
+                                      seed=args.seed, masks=masks)
         runner = PretrainRunner(cfg, samples)
         runner.resume()
         history = runner.train()

@@ -38,3 +38,18 @@ def tiny_model_opts(output_dir: str, max_iter: int = 2) -> list:
             "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter), "SOLVER.WARMUP_ITERS", "1",
             "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", output_dir,
             "SEED", "1"]
+
+
+def tiny_pretrain_opts(out, method: str, epochs: int = 2) -> list:
+    """Config overrides for a seconds-long pre-training of ``method`` on tiny LT-Shapes crops."""
+    return ["OUTPUT_DIR", str(out), "SEED", "1", "PRETRAIN.METHOD", method,
+            "PRETRAIN.MODEL.ARCH", "resnet18", "PRETRAIN.MODEL.DIM", "16",
+            "PRETRAIN.MODEL.HEAD", "mlp" if method in ("pcl", "moco") else "mopro",
+            "PRETRAIN.MOCO.QUEUE_SIZE", "32", "PRETRAIN.MOCO.MOMENTUM", "0.9",
+            "PRETRAIN.PCL.NUM_CLUSTERS", "[4, 8]", "PRETRAIN.PCL.WARMUP_EPOCHS", "1",
+            "PRETRAIN.PCL.NUM_NEG_PROTOS", "4", "PRETRAIN.PCL.KMEANS_REDO", "1",
+            "PRETRAIN.MOPRO.START_CLEAN_EPOCH", "1", "PRETRAIN.ICCL.WARMUP_EPOCHS", "1",
+            "PRETRAIN.DATA.DATASETS", "('lt_shapes_tiny_train',)", "PRETRAIN.DATA.STORE_SIZE", "20",
+            "PRETRAIN.DATA.INPUT_SIZE", "16", "PRETRAIN.DATA.NOISE_RATE", "0.2",
+            "PRETRAIN.SOLVER.EPOCHS", str(epochs), "PRETRAIN.SOLVER.BATCH_SIZE", "16",
+            "PRETRAIN.SOLVER.CHECKPOINT_PERIOD", "1"]

@@ -201,6 +201,21 @@ def test_mopro_forward_drops_ood_from_update():
     assert torch.allclose(m.prototypes.norm(dim=1)[m.prototypes.norm(dim=1) > 0], torch.ones(1))
 
 
+def test_mopro_logit_adjustment():
+    x, y = torch.randn(4, 4), torch.tensor([0, 1, 2, 0])
+    m = _engine(MoPro, encoder=_Lin(classes=3), num_classes=3, logit_adjustment=0.5)
+    m.set_class_prior(torch.tensor([6, 2, 0]))  # an unseen class counts as one
+    torch.testing.assert_close(m.log_prior, torch.log(torch.tensor([6.0, 2.0, 1.0]) / 9.0))
+    raw = m.encoder_q.classifier(x).detach()
+    out = m({"img_q": x, "img_k": torch.randn(4, 4), "target": y}, epoch=0)
+    torch.testing.assert_close(out["loss_cls"], F.cross_entropy(raw + 0.5 * m.log_prior, y))
+    plain = _engine(MoPro, encoder=_Lin(classes=3), num_classes=3)
+    plain.set_class_prior(torch.tensor([6, 2, 0]))
+    raw = plain.encoder_q.classifier(x).detach()
+    out = plain({"img_q": x, "img_k": torch.randn(4, 4), "target": y}, epoch=0)
+    torch.testing.assert_close(out["loss_cls"], F.cross_entropy(raw, y))
+
+
 def test_interpolation():
     a, b = torch.ones(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
     lam = torch.tensor([0.25, 1.0])

@@ -15,21 +15,9 @@ from det_ext.pretrain.data import SampleSet, load_sample_set
 from det_ext.pretrain.train import PretrainRunner
 from det_ext.utils.errors import ConfigInputError
 
+from conftest import tiny_pretrain_opts as _opts
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _opts(out, method, epochs=2):
-    return ["OUTPUT_DIR", str(out), "SEED", "1", "PRETRAIN.METHOD", method,
-            "PRETRAIN.MODEL.ARCH", "resnet18", "PRETRAIN.MODEL.DIM", "16",
-            "PRETRAIN.MODEL.HEAD", "mlp" if method in ("pcl", "moco") else "mopro",
-            "PRETRAIN.MOCO.QUEUE_SIZE", "32", "PRETRAIN.MOCO.MOMENTUM", "0.9",
-            "PRETRAIN.PCL.NUM_CLUSTERS", "[4, 8]", "PRETRAIN.PCL.WARMUP_EPOCHS", "1",
-            "PRETRAIN.PCL.NUM_NEG_PROTOS", "4", "PRETRAIN.PCL.KMEANS_REDO", "1",
-            "PRETRAIN.MOPRO.START_CLEAN_EPOCH", "1", "PRETRAIN.ICCL.WARMUP_EPOCHS", "1",
-            "PRETRAIN.DATA.DATASETS", "('lt_shapes_tiny_train',)", "PRETRAIN.DATA.STORE_SIZE", "20",
-            "PRETRAIN.DATA.INPUT_SIZE", "16", "PRETRAIN.DATA.NOISE_RATE", "0.2",
-            "PRETRAIN.SOLVER.EPOCHS", str(epochs), "PRETRAIN.SOLVER.BATCH_SIZE", "16",
-            "PRETRAIN.SOLVER.CHECKPOINT_PERIOD", "1"]
 
 
 @pytest.fixture(scope="module")

@@ -65,6 +65,10 @@ def add_pretrain_config(cfg: CN) -> None:
     cfg.PRETRAIN.MOPRO.PSEUDO_TH = 0.8
     # Weight of the classifier softmax in the mixed score (1 - alpha for the prototypes).
     cfg.PRETRAIN.MOPRO.ALPHA = 0.5
+    # Logit adjustment tau for long-tailed labels (not in the paper; 0: off): the classifier's CE
+    # and the cleaning use logits + tau * log(label frequency), so that the classifier is trained
+    # as on class-balanced data (Menon et al., ICLR 2021).
+    cfg.PRETRAIN.MOPRO.LOGIT_ADJUSTMENT = 0.0
 
     cfg.PRETRAIN.ICCL = CN()
     # [assumed] Interpolation: "mixup" (pixel blend) or "cutmix" (pasted box, lambda = area).
@@ -125,6 +129,10 @@ def add_pretrain_config(cfg: CN) -> None:
     # Rotate both views by a random multiple of 90 degrees (after the flip; not in the reference
     # recipes, which train on upright photographs).
     cfg.PRETRAIN.AUG.ROTATE_90 = False
+    # Probability, per view, of replacing the pixels outside the object's instance mask by a patch
+    # of another training image with its objects inpainted away (det_ext.pretrain.background), so
+    # that the two views share only the object. Object crops of datasets with masks only; 0: off.
+    cfg.PRETRAIN.AUG.BACKGROUND_SWAP_PROB = 0.0
 
     cfg.PRETRAIN.SOLVER = CN()
     cfg.PRETRAIN.SOLVER.EPOCHS = 200

@@ -46,7 +46,8 @@ def mopro(cfg, num_classes: int):
     c = cfg.PRETRAIN.MOPRO
     return MoPro(_encoder(cfg, num_classes), num_classes, proto_momentum=c.PROTO_MOMENTUM,
                  w_inst=c.W_INST, w_proto=c.W_PROTO, start_clean_epoch=c.START_CLEAN_EPOCH,
-                 pseudo_th=c.PSEUDO_TH, alpha=c.ALPHA, **_engine_kwargs(cfg))
+                 pseudo_th=c.PSEUDO_TH, alpha=c.ALPHA, logit_adjustment=c.LOGIT_ADJUSTMENT,
+                 **_engine_kwargs(cfg))
 
 
 @PRETRAIN_METHOD_REGISTRY.register()

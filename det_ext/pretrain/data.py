@@ -6,23 +6,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Dict, Iterator, List, Optional, Sequence
 
-import cv2
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2 as T
 
 from det_ext.data.noise import add_label_noise
 from det_ext.utils.errors import DatasetFormatError
 
+from .background import BackgroundSwap
+from .crops import crops_from_dicts, image_folder, masks_and_backgrounds
+
 __all__ = [
-    "SampleSet", "crops_from_dicts", "load_sample_set", "build_transforms", "RandomRotate90",
-    "ViewDataset", "ClassAwareSampler", "TORCHVISION_MEAN", "TORCHVISION_STD",
+    "SampleSet", "crops_from_dicts", "masks_and_backgrounds", "load_sample_set", "build_transforms",
+    "RandomRotate90", "ViewDataset", "ClassAwareSampler", "TORCHVISION_MEAN", "TORCHVISION_STD",
 ]
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ class SampleSet:
         clean_labels (Tensor): [N] long, the labels before synthetic noise.
         class_names (list[str]): class names (contiguous ids).
         class_frequency (list[str] or None): LVIS frequency group per class (r/c/f), if known.
+        masks (Tensor or None): [N, S, S] bool instance masks of the crops (background swap).
+        backgrounds (Tensor or None): [M, 3, S, S] uint8 object-free background patches.
     """
 
     images: torch.Tensor
@@ -47,6 +49,8 @@ class SampleSet:
     clean_labels: torch.Tensor
     class_names: List[str]
     class_frequency: Optional[List[str]] = None
+    masks: Optional[torch.Tensor] = None
+    backgrounds: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -56,86 +60,8 @@ class SampleSet:
         return len(self.class_names)
 
 
-def _square_crop(image: np.ndarray, box: Sequence[float], context: float, size: int) -> np.ndarray:
-    x0, y0, x1, y1 = box
-    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    side = max(x1 - x0, y1 - y0) * (1.0 + 2.0 * context)
-    h, w = image.shape[:2]
-    a0, b0 = int(np.floor(cx - side / 2)), int(np.floor(cy - side / 2))
-    a1, b1 = int(np.ceil(cx + side / 2)), int(np.ceil(cy + side / 2))
-    pad = max(0, -a0, -b0, a1 - w, b1 - h)
-    if pad:  # replicate the border so every crop stays square and centred
-        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    crop = image[b0 + pad:b1 + pad, a0 + pad:a1 + pad]
-    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
-
-
-def _read_rgb(path: str) -> np.ndarray:
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise DatasetFormatError(f"{path}: image file missing or unreadable")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def crops_from_dicts(dicts: List[Dict], size: int, mode: str = "crops", context: float = 0.1,
-                     min_box_size: float = 2.0):
-    """Square samples and labels from Detectron2 dataset dicts.
-
-    Args:
-        dicts (list[dict]): with ``file_name`` and ``annotations`` (``bbox``, ``bbox_mode``,
-            contiguous ``category_id``).
-        size (int): output side S.
-        mode (str): ``"crops"`` (one per object) or ``"images"`` (whole image, label = category
-            of the largest object, -1 if none).
-
-    Returns:
-        (ndarray, ndarray): images [N, S, S, 3] uint8 RGB, labels [N] int64.
-    """
-    if mode not in ("crops", "images"):
-        raise DatasetFormatError(f"PRETRAIN.DATA.MODE: unknown mode '{mode}' (crops, images)")
-    images, labels = [], []
-    for d in dicts:
-        img = _read_rgb(d["file_name"])
-        boxes = []
-        for ann in d.get("annotations", []):
-            if ann.get("iscrowd", 0):
-                continue
-            box = BoxMode.convert(list(ann["bbox"]), ann["bbox_mode"], BoxMode.XYXY_ABS)
-            if min(box[2] - box[0], box[3] - box[1]) >= min_box_size:
-                boxes.append((box, int(ann["category_id"])))
-        if mode == "images":
-            images.append(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
-            areas = [(b[2] - b[0]) * (b[3] - b[1]) for b, _ in boxes]
-            labels.append(boxes[int(np.argmax(areas))][1] if boxes else -1)
-            continue
-        for box, cat in boxes:
-            images.append(_square_crop(img, box, context, size))
-            labels.append(cat)
-    if not images:
-        raise DatasetFormatError("pre-training data: no samples (no images or no annotated boxes)")
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
-
-
-def _image_folder(root: str, size: int):
-    if not os.path.isdir(root):
-        raise DatasetFormatError(f"PRETRAIN.DATA.IMAGE_ROOT: folder not found: {root}")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    if not classes:
-        raise DatasetFormatError(f"{root}: no class sub-folders")
-    images, labels = [], []
-    for i, c in enumerate(classes):
-        for f in sorted(os.listdir(os.path.join(root, c))):
-            if f.lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".webp")):
-                img = _read_rgb(os.path.join(root, c, f))
-                images.append(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
-                labels.append(i)
-    if not images:
-        raise DatasetFormatError(f"{root}: no images in the class sub-folders")
-    return np.stack(images), np.asarray(labels, dtype=np.int64), classes
-
-
 def load_sample_set(data_cfg, datasets: Optional[Sequence[str]] = None, seed: int = 0,
-                    noise: bool = True) -> SampleSet:
+                    noise: bool = True, masks: bool = False) -> SampleSet:
     """Samples described by ``cfg.PRETRAIN.DATA`` (or the registered ``datasets`` given).
 
     Args:
@@ -143,11 +69,17 @@ def load_sample_set(data_cfg, datasets: Optional[Sequence[str]] = None, seed: in
         datasets (list[str] or None): registered dataset names overriding ``DATASETS``.
         seed (int): seed of the synthetic label noise.
         noise (bool): apply ``NOISE_RATE`` (False for evaluation sets).
+        masks (bool): also load the crops' instance masks and a background bank (for
+            ``PRETRAIN.AUG.BACKGROUND_SWAP_PROB``; object crops of annotated datasets only).
     """
     size = data_cfg.STORE_SIZE
-    freq = None
+    freq, crop_masks, backgrounds = None, None, None
+    if masks and (data_cfg.SOURCE == "image_folder" or data_cfg.MODE != "crops"):
+        raise DatasetFormatError(
+            "PRETRAIN.AUG.BACKGROUND_SWAP_PROB needs instance masks: PRETRAIN.DATA.MODE 'crops' "
+            f"of an annotated dataset (got SOURCE '{data_cfg.SOURCE}', MODE '{data_cfg.MODE}')")
     if data_cfg.SOURCE == "image_folder":
-        imgs, labels, names = _image_folder(data_cfg.IMAGE_ROOT, size)
+        imgs, labels, names = image_folder(data_cfg.IMAGE_ROOT, size)
     elif data_cfg.SOURCE in ("detectron2", "json"):
         if data_cfg.SOURCE == "json" and datasets is None:
             from det_ext.data.datasets import load_lvis_format_json, metadata_from_categories
@@ -162,6 +94,11 @@ def load_sample_set(data_cfg, datasets: Optional[Sequence[str]] = None, seed: in
             meta = MetadataCatalog.get(names_[0]).as_dict()
         imgs, labels = crops_from_dicts(dicts, size, data_cfg.MODE, data_cfg.CROP_CONTEXT,
                                         data_cfg.MIN_BOX_SIZE)
+        if masks:
+            crop_masks, backgrounds = masks_and_backgrounds(
+                dicts, size, data_cfg.CROP_CONTEXT, data_cfg.MIN_BOX_SIZE, seed=seed)
+            crop_masks = torch.from_numpy(crop_masks)
+            backgrounds = torch.from_numpy(backgrounds).permute(0, 3, 1, 2).contiguous()
         names = list(meta.get("thing_classes", []))
         if not names:
             names = [str(i) for i in range(int(labels.max()) + 1)]
@@ -180,7 +117,7 @@ def load_sample_set(data_cfg, datasets: Optional[Sequence[str]] = None, seed: in
     images = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).contiguous()
     logger.info("pre-training data: %d samples of %dx%d, %d classes, %d noisy labels",
                 len(clean), size, size, len(names), int((noisy != clean).sum()))
-    return SampleSet(images, noisy, clean, names, freq)
+    return SampleSet(images, noisy, clean, names, freq, crop_masks, backgrounds)
 
 
 def build_transforms(aug_cfg, input_size: int, kind: str) -> T.Compose:
@@ -222,20 +159,37 @@ class RandomRotate90(torch.nn.Module):
 
 
 class ViewDataset(Dataset):
-    """Samples as dicts ``{img_q, img_k (if a key transform), target, index}``."""
+    """Samples as dicts ``{img_q, img_k (if a key transform), target, index}``.
 
-    def __init__(self, samples: SampleSet, transform_q, transform_k=None):
+    Args:
+        samples (SampleSet): the samples (with ``masks`` if ``background_swap`` is given).
+        transform_q, transform_k: the two views' transforms (``transform_k`` None: one view).
+        background_swap (BackgroundSwap or None): applied to each view independently, before its
+            transform.
+    """
+
+    def __init__(self, samples: SampleSet, transform_q, transform_k=None,
+                 background_swap: Optional[BackgroundSwap] = None):
+        if background_swap is not None and samples.masks is None:
+            raise ValueError("PRETRAIN.AUG.BACKGROUND_SWAP_PROB > 0 needs the crops' instance "
+                             "masks (load_sample_set(..., masks=True))")
         self.samples, self.transform_q, self.transform_k = samples, transform_q, transform_k
+        self.background_swap = background_swap
+
+    def _view(self, i: int) -> torch.Tensor:
+        img = self.samples.images[i]
+        if self.background_swap is None:
+            return img
+        return self.background_swap(img, self.samples.masks[i])
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> Dict[str, torch.Tensor]:
-        img = self.samples.images[i]
-        out = {"img_q": self.transform_q(img), "target": self.samples.labels[i],
+        out = {"img_q": self.transform_q(self._view(i)), "target": self.samples.labels[i],
                "index": torch.tensor(i)}
         if self.transform_k is not None:
-            out["img_k"] = self.transform_k(img)
+            out["img_k"] = self.transform_k(self._view(i))
         return out
 
 

@@ -6,6 +6,10 @@ prototype logits q . P^T / T; from ``START_CLEAN_EPOCH`` the label is kept if th
 s = alpha softmax(logits) + (1 - alpha) softmax(proto logits) gives s[y] > 1/C, else relabelled to
 argmax s when max s > ``PSEUDO_TH``, else the sample is out-of-distribution (dropped from CE,
 prototype loss and prototype update). Prototypes: P[y] <- m P[y] + (1 - m) q, then L2-normalised.
+
+Optional (not in the paper, off by default): logit adjustment of the classifier for long-tailed
+labels (Menon et al., ICLR 2021): the CE and the cleaning use logits + tau log prior(y), so that the
+raw logits estimate a class-balanced posterior.
 """
 from __future__ import annotations
 
@@ -67,17 +71,29 @@ class MoPro(MomentumContrast):
         num_classes (int): C (prototypes [C, dim]).
         proto_momentum, w_inst, w_proto, start_clean_epoch, pseudo_th, alpha: spec defaults
             0.999, 1, 1, 11, 0.8, 0.5.
+        logit_adjustment (float): tau of the logit adjustment (0: plain CE, as the paper); the
+            prior comes from :meth:`set_class_prior`.
         **kwargs: :class:`MomentumContrast` arguments.
     """
 
     def __init__(self, encoder_q, num_classes: int, proto_momentum: float = 0.999,
                  w_inst: float = 1.0, w_proto: float = 1.0, start_clean_epoch: int = 11,
-                 pseudo_th: float = 0.8, alpha: float = 0.5, **kwargs):
+                 pseudo_th: float = 0.8, alpha: float = 0.5, logit_adjustment: float = 0.0,
+                 **kwargs):
         super().__init__(encoder_q, **kwargs)
         self.register_buffer("prototypes", torch.zeros(num_classes, self.queue.shape[0]))
+        self.register_buffer("log_prior", torch.zeros(num_classes))
+        self.logit_adjustment = logit_adjustment
         self.proto_momentum = proto_momentum
         self.w_inst, self.w_proto = w_inst, w_proto
         self.start_clean_epoch, self.pseudo_th, self.alpha = start_clean_epoch, pseudo_th, alpha
+
+    @torch.no_grad()
+    def set_class_prior(self, counts: torch.Tensor) -> None:
+        """Sets the label prior of the logit adjustment from per-class label counts [C] (classes
+        without labels count as one)."""
+        counts = counts.to(self.log_prior).clamp(min=1.0)
+        self.log_prior.copy_(torch.log(counts / counts.sum()))
 
     def forward(self, batch: Dict[str, torch.Tensor], epoch: int = 0) -> Dict[str, torch.Tensor]:
         """Args: batch with ``img_q`` (weak view), ``img_k`` (strong view) [N, 3, H, W] and
@@ -87,7 +103,8 @@ class MoPro(MomentumContrast):
         ``num_clean``, ``num_relabelled`` (not losses: no gradient).
         """
         out_q, k, loss_inst = self.instance_step(batch["img_q"], batch["img_k"])
-        q, logits, target = out_q["embedding"], out_q["logits"], batch["target"]
+        q, target = out_q["embedding"], batch["target"]
+        logits = out_q["logits"] + self.logit_adjustment * self.log_prior
         proto_logits = q @ self.prototypes.clone().detach().T / self.temperature
         clean = torch.ones_like(target, dtype=torch.bool)
         stats = {}

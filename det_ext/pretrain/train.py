@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from det_ext.utils.io import atomic_open, atomic_write_json
 
+from .background import BackgroundSwap
 from .build import METHODS_WITH_LABELS, build_pretrain_model
 from .data import ClassAwareSampler, SampleSet, ViewDataset, build_transforms, load_sample_set
 from .pcl import run_e_step
@@ -81,12 +82,16 @@ class PretrainRunner:
         p = cfg.PRETRAIN
         self.world, self.rank = comm.get_world_size(), comm.get_rank()
         self.device = torch.device(cfg.DEVICE)
-        self.samples = samples or load_sample_set(p.DATA, seed=max(cfg.SEED, 0))
+        swap = p.AUG.BACKGROUND_SWAP_PROB
+        self.samples = samples or load_sample_set(p.DATA, seed=max(cfg.SEED, 0), masks=swap > 0)
         self.method = p.METHOD
         if self.method in METHODS_WITH_LABELS and bool((self.samples.labels < 0).any()):
             raise ValueError(f"method '{self.method}' needs a label for every sample")
         torch.manual_seed(max(cfg.SEED, 0))  # same initial weights for the same seed
         self.model = build_pretrain_model(cfg, self.samples.num_classes).to(self.device)
+        if hasattr(self.model, "set_class_prior"):  # MoPro's logit adjustment
+            known = self.samples.labels[self.samples.labels >= 0]
+            self.model.set_class_prior(torch.bincount(known, minlength=self.samples.num_classes))
         self.net = (DistributedDataParallel(self.model, find_unused_parameters=True)
                     if self.world > 1 else self.model)
         params = [q for q in self.model.parameters() if q.requires_grad]
@@ -97,8 +102,10 @@ class PretrainRunner:
         self.batch = p.SOLVER.BATCH_SIZE // self.world
         size = p.DATA.INPUT_SIZE
         kind_q = "weak" if self.method == "mopro" else "strong"
-        self.dataset = ViewDataset(self.samples, build_transforms(p.AUG, size, kind_q),
-                                   build_transforms(p.AUG, size, "strong"))
+        self.dataset = ViewDataset(
+            self.samples, build_transforms(p.AUG, size, kind_q),
+            build_transforms(p.AUG, size, "strong"),
+            BackgroundSwap(self.samples.backgrounds, swap) if swap > 0 else None)
         self.eval_transform = build_transforms(p.AUG, size, "eval")
         self.start_epoch = 0
         self.history: List[Dict[str, float]] = []
