@@ -99,6 +99,10 @@ def test_config_errors():
         build_pretrain_config("", ["PRETRAIN.METHOD", "simclr"])
     with pytest.raises(ConfigInputError, match="PRETRAIN.DATA.NOISE_TYPE"):
         build_pretrain_config("", ["PRETRAIN.DATA.NOISE_TYPE", "pairs"])
+    with pytest.raises(ConfigInputError, match=r"BACKGROUND_SWAP_PROB: 1.5 is not in \[0, 1\]"):
+        build_pretrain_config("", ["PRETRAIN.AUG.BACKGROUND_SWAP_PROB", "1.5"])
+    with pytest.raises(ConfigInputError, match="LOGIT_ADJUSTMENT: -1.0 is negative"):
+        build_pretrain_config("", ["PRETRAIN.MOPRO.LOGIT_ADJUSTMENT", "-1.0"])
     with pytest.raises(ConfigInputError, match="NO_SUCH_KEY"):
         build_pretrain_config("", ["PRETRAIN.NO_SUCH_KEY", "1"])
     with pytest.raises(ConfigInputError, match="missing.yaml"):

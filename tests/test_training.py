@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_model_opts
@@ -38,6 +39,21 @@ def test_a_few_cpu_iterations_train_and_evaluate(tiny_world, tmp_path):
         for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"):
             assert key in metrics[task]
         assert metrics[task]["AP"] == pytest.approx(results[task]["AP"])
+
+
+def test_trainer_is_seeded_from_cfg_seed(tiny_world, tmp_path):
+    """Two trainers built in one process, with random draws between them, start from the same
+    weights and the same first batch (cfg.SEED), as two runs of tools/train_net.py do."""
+    cfg = build_config(TINY_CONFIG, tiny_model_opts(str(tmp_path), max_iter=3))
+    runs = []
+    for draws in (1, 1000):
+        torch.rand(draws), np.random.rand(draws)
+        trainer = DetExtTrainer(cfg)
+        batch = next(trainer._trainer._data_loader_iter)
+        runs.append((trainer.model.state_dict(), [d["image_id"] for d in batch]))
+    (w0, ids0), (w1, ids1) = runs
+    assert ids0 == ids1
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
 
 
 def _run_tool(args, env_extra=None):

@@ -15,6 +15,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from detectron2.utils.registry import Registry
 
@@ -80,6 +81,14 @@ class DetExtTrainer(DefaultTrainer):
     Detectron2's line-per-iteration training log is written to ``training_metrics.json`` so that
     ``metrics.json`` can hold the final evaluation results.
     """
+
+    def __init__(self, cfg: CfgNode):
+        # default_setup seeds every RNG from cfg.SEED in the tools; seeding here too makes a
+        # trainer built in-process (benchmarks, notebooks) independent of what ran before it:
+        # the heads' initial weights and the data order come from cfg.SEED alone.
+        if cfg.SEED >= 0:
+            seed_all_rng(cfg.SEED + comm.get_rank())
+        super().__init__(cfg)
 
     def build_hooks(self) -> List[Any]:
         # Called by DefaultTrainer.__init__ right after it creates its checkpointer: swap in the

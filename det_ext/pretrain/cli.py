@@ -39,6 +39,12 @@ def build_pretrain_config(config_file: str = "", opts: Optional[List[str]] = Non
     if cfg.PRETRAIN.DATA.NOISE_TYPE not in ("symmetric", "prior"):
         raise ConfigInputError(f"PRETRAIN.DATA.NOISE_TYPE: unknown noise type "
                                f"'{cfg.PRETRAIN.DATA.NOISE_TYPE}' (symmetric, prior)")
+    if not 0.0 <= cfg.PRETRAIN.AUG.BACKGROUND_SWAP_PROB <= 1.0:
+        raise ConfigInputError(f"PRETRAIN.AUG.BACKGROUND_SWAP_PROB: "
+                               f"{cfg.PRETRAIN.AUG.BACKGROUND_SWAP_PROB} is not in [0, 1]")
+    if cfg.PRETRAIN.MOPRO.LOGIT_ADJUSTMENT < 0:
+        raise ConfigInputError(f"PRETRAIN.MOPRO.LOGIT_ADJUSTMENT: "
+                               f"{cfg.PRETRAIN.MOPRO.LOGIT_ADJUSTMENT} is negative")
     cfg.freeze()
     return cfg
 
