@@ -40,7 +40,7 @@ from det_ext.data import LTShapesSpec, register_lt_shapes
 from det_ext.engine import DetExtTrainer, build_config, run_cli
 from det_ext.pretrain.cli import build_pretrain_config
 from det_ext.pretrain.convert import convert_checkpoint
-from det_ext.pretrain.data import build_transforms, load_sample_set
+from det_ext.pretrain.data import build_transforms, load_sample_set, with_label_noise
 from det_ext.pretrain.encoder import ResNetEncoder
 from det_ext.pretrain.probe import probe_accuracy, tail_classes, train_linear_probe
 from det_ext.pretrain.train import PretrainRunner, compute_features
@@ -158,10 +158,7 @@ def main(args) -> Dict[str, Any]:
             continue
         t = time.perf_counter()
         cfg = _pretrain_cfg(method, args, names)
-        samples = train
-        if cfg.PRETRAIN.DATA.NOISE_RATE > 0:
-            samples = load_sample_set(cfg.PRETRAIN.DATA, datasets=[names["train"]],
-                                      seed=args.seed, masks=masks)
+        samples = with_label_noise(train, cfg.PRETRAIN.DATA, seed=args.seed)
         runner = PretrainRunner(cfg, samples)
         runner.resume()
         history = runner.train()

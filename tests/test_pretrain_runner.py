@@ -11,7 +11,7 @@ from detectron2.data import MetadataCatalog
 
 from det_ext.pretrain.cli import build_pretrain_config
 from det_ext.pretrain.convert import convert_checkpoint
-from det_ext.pretrain.data import SampleSet, load_sample_set
+from det_ext.pretrain.data import SampleSet, load_sample_set, with_label_noise
 from det_ext.pretrain.train import PretrainRunner
 from det_ext.utils.errors import ConfigInputError
 
@@ -38,7 +38,12 @@ def test_label_noise_of_sample_set(tiny_world, noise_type):
     assert int(changed.sum()) == round(0.2 * len(s.labels))
     assert s.labels.min() >= 0 and s.labels.max() < s.num_classes
     assert torch.equal(load_sample_set(cfg.PRETRAIN.DATA, seed=3).labels, s.labels)
-    assert torch.equal(load_sample_set(cfg.PRETRAIN.DATA, noise=False).labels, s.clean_labels)
+    clean = load_sample_set(cfg.PRETRAIN.DATA, noise=False)
+    assert torch.equal(clean.labels, s.clean_labels)
+    # Adding the noise to loaded clean samples draws the same labels and shares the images.
+    again = with_label_noise(clean, cfg.PRETRAIN.DATA, seed=3)
+    assert torch.equal(again.labels, s.labels) and torch.equal(again.clean_labels, clean.labels)
+    assert again.images is clean.images and torch.equal(clean.labels, clean.clean_labels)
 
 
 def test_crops_from_tiny_world(tiny_world):

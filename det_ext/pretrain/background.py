@@ -12,7 +12,6 @@ and resized to the stored sample side.
 """
 from __future__ import annotations
 
-import logging
 from typing import Dict, List
 
 import cv2
@@ -20,11 +19,11 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
+from det_ext.evaluation.geometry import segmentation_to_rle
+from det_ext.evaluation.ground_truth import EvaluationInputError
 from det_ext.utils.errors import DatasetFormatError
 
 __all__ = ["annotation_mask", "inpainted_background", "background_patches", "BackgroundSwap"]
-
-logger = logging.getLogger(__name__)
 
 
 def annotation_mask(ann: Dict, height: int, width: int, file_name: str = "") -> np.ndarray:
@@ -38,23 +37,18 @@ def annotation_mask(ann: Dict, height: int, width: int, file_name: str = "") -> 
     Returns:
         ndarray: [height, width] bool.
     """
-    seg = ann.get("segmentation")
+    seg, where = ann.get("segmentation"), f"{file_name}: annotation {ann.get('id', '?')}"
     if not seg:
-        raise DatasetFormatError(
-            f"{file_name}: annotation {ann.get('id', '?')} has no 'segmentation' (instance masks "
-            f"are needed by PRETRAIN.AUG.BACKGROUND_SWAP_PROB)")
-    if isinstance(seg, dict):
-        rle = dict(seg)
-        if isinstance(rle["counts"], list):
-            rle = mask_util.frPyObjects(rle, height, width)
-        elif isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-    else:
-        rle = mask_util.merge(mask_util.frPyObjects(seg, height, width))
+        raise DatasetFormatError(f"{where} has no 'segmentation' (instance masks are needed by "
+                                 f"PRETRAIN.AUG.BACKGROUND_SWAP_PROB)")
+    try:
+        rle = segmentation_to_rle(seg, height, width, where)
+    except EvaluationInputError as e:
+        raise DatasetFormatError(str(e)) from None
     mask = mask_util.decode(rle).astype(bool)
     if mask.shape != (height, width):
-        raise DatasetFormatError(f"{file_name}: annotation {ann.get('id', '?')}: mask of shape "
-                                 f"{mask.shape}, image is {(height, width)}")
+        raise DatasetFormatError(f"{where}: mask of shape {mask.shape}, image is "
+                                 f"{(height, width)}")
     return mask
 
 

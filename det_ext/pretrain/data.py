@@ -21,8 +21,8 @@ from .background import BackgroundSwap
 from .crops import crops_from_dicts, image_folder, masks_and_backgrounds
 
 __all__ = [
-    "SampleSet", "crops_from_dicts", "masks_and_backgrounds", "load_sample_set", "build_transforms",
-    "RandomRotate90", "ViewDataset", "ClassAwareSampler", "TORCHVISION_MEAN", "TORCHVISION_STD",
+    "SampleSet", "crops_from_dicts", "masks_and_backgrounds", "load_sample_set", "with_label_noise",
+    "build_transforms", "RandomRotate90", "ViewDataset", "ClassAwareSampler", "TORCHVISION_MEAN", "TORCHVISION_STD",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,17 +107,33 @@ def load_sample_set(data_cfg, datasets: Optional[Sequence[str]] = None, seed: in
         raise DatasetFormatError(f"PRETRAIN.DATA.SOURCE: unknown source '{data_cfg.SOURCE}' "
                                  f"(detectron2, json, image_folder)")
     clean = torch.as_tensor(labels)
-    noisy = clean
-    if noise and data_cfg.NOISE_RATE > 0:
-        noisy = clean.clone()
-        known = clean >= 0  # unknown labels (-1) are left alone
-        noisy[known] = torch.from_numpy(add_label_noise(
-            clean[known].numpy(), len(names), data_cfg.NOISE_RATE, np.random.default_rng(seed),
-            mode=data_cfg.NOISE_TYPE))
     images = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).contiguous()
-    logger.info("pre-training data: %d samples of %dx%d, %d classes, %d noisy labels",
-                len(clean), size, size, len(names), int((noisy != clean).sum()))
-    return SampleSet(images, noisy, clean, names, freq, crop_masks, backgrounds)
+    logger.info("pre-training data: %d samples of %dx%d, %d classes", len(clean), size, size,
+                len(names))
+    samples = SampleSet(images, clean, clean, names, freq, crop_masks, backgrounds)
+    return with_label_noise(samples, data_cfg, seed) if noise else samples
+
+
+def with_label_noise(samples: SampleSet, data_cfg, seed: int = 0) -> SampleSet:
+    """The samples with ``data_cfg.NOISE_RATE`` synthetic label noise (``NOISE_TYPE``) applied
+    to their clean labels; images, masks and backgrounds are shared, not copied.
+
+    Args:
+        samples (SampleSet): the samples (their ``clean_labels`` are the source).
+        data_cfg (CfgNode): ``cfg.PRETRAIN.DATA``.
+        seed (int): seed of the noise draws.
+    """
+    clean = samples.clean_labels
+    if data_cfg.NOISE_RATE <= 0:
+        return dataclasses.replace(samples, labels=clean)
+    noisy = clean.clone()
+    known = clean >= 0  # unknown labels (-1) are left alone
+    noisy[known] = torch.from_numpy(add_label_noise(
+        clean[known].numpy(), samples.num_classes, data_cfg.NOISE_RATE,
+        np.random.default_rng(seed), mode=data_cfg.NOISE_TYPE))
+    logger.info("synthetic label noise (%s, rate %.2f): %d of %d labels changed",
+                data_cfg.NOISE_TYPE, data_cfg.NOISE_RATE, int((noisy != clean).sum()), len(clean))
+    return dataclasses.replace(samples, labels=noisy)
 
 
 def build_transforms(aug_cfg, input_size: int, kind: str) -> T.Compose:
