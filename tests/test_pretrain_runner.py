@@ -99,6 +99,31 @@ def test_resume_continues_identically(tmp_path, tiny_samples):
         torch.testing.assert_close(a[k], b[k], msg=k)
 
 
+def test_mopro_sampler_exponent(tmp_path, tiny_world):
+    cfg0 = build_pretrain_config("", _opts(tmp_path, "mopro", 1))
+    samples = load_sample_set(cfg0.PRETRAIN.DATA, seed=1)
+    counts = torch.bincount(samples.labels, minlength=samples.num_classes).float()
+    present, epochs = counts > 0, 40
+
+    def drawn(exponent: float) -> torch.Tensor:
+        cfg = build_pretrain_config("", _opts(tmp_path, "mopro", 1) +
+                                    ["PRETRAIN.MOPRO.SAMPLER_EXPONENT", str(exponent)])
+        runner, idx = PretrainRunner(cfg, samples), []
+        for epoch in range(epochs):
+            main, class_aware, n_iter = runner._loaders(epoch)
+            assert class_aware is None and len(main) == n_iter == len(samples) // 16
+            idx += [int(i) for i in main.sampler]
+        return torch.bincount(samples.labels[torch.tensor(idx)], minlength=samples.num_classes)
+
+    assert float(counts.max() / counts[present].min()) > 10  # the data are long-tailed
+    # Exponent 1 (default): each epoch a permutation, so each class as often as it occurs.
+    assert torch.equal(drawn(1.0).float(), epochs * counts)
+    # Exponent 0: every (noisy) label class about equally often, whatever its frequency.
+    share = drawn(0.0)[present].float() / (epochs * (len(samples) // 16) * 16)
+    torch.testing.assert_close(share, torch.full_like(share, 1 / int(present.sum())),
+                               atol=0.02, rtol=0)
+
+
 def test_config_errors():
     with pytest.raises(ConfigInputError, match="PRETRAIN.METHOD"):
         build_pretrain_config("", ["PRETRAIN.METHOD", "simclr"])
@@ -108,6 +133,8 @@ def test_config_errors():
         build_pretrain_config("", ["PRETRAIN.AUG.BACKGROUND_SWAP_PROB", "1.5"])
     with pytest.raises(ConfigInputError, match="LOGIT_ADJUSTMENT: -1.0 is negative"):
         build_pretrain_config("", ["PRETRAIN.MOPRO.LOGIT_ADJUSTMENT", "-1.0"])
+    with pytest.raises(ConfigInputError, match="SAMPLER_EXPONENT: -0.5 is negative"):
+        build_pretrain_config("", ["PRETRAIN.MOPRO.SAMPLER_EXPONENT", "-0.5"])
     with pytest.raises(ConfigInputError, match="NO_SUCH_KEY"):
         build_pretrain_config("", ["PRETRAIN.NO_SUCH_KEY", "1"])
     with pytest.raises(ConfigInputError, match="missing.yaml"):

@@ -69,6 +69,10 @@ def add_pretrain_config(cfg: CN) -> None:
     # and the cleaning use logits + tau * log(label frequency), so that the classifier is trained
     # as on class-balanced data (Menon et al., ICLR 2021).
     cfg.PRETRAIN.MOPRO.LOGIT_ADJUSTMENT = 0.0
+    # Re-balancing of MoPro's sampler (not in the paper): a (noisy) label class is drawn with
+    # p ~ n_c ** EXPONENT, then one of its samples; 1.0 = the reference's instance sampling,
+    # 0.5 = square-root sampling, 0.0 = class-balanced.
+    cfg.PRETRAIN.MOPRO.SAMPLER_EXPONENT = 1.0
 
     cfg.PRETRAIN.ICCL = CN()
     # [assumed] Interpolation: "mixup" (pixel blend) or "cutmix" (pasted box, lambda = area).

@@ -45,6 +45,9 @@ def build_pretrain_config(config_file: str = "", opts: Optional[List[str]] = Non
     if cfg.PRETRAIN.MOPRO.LOGIT_ADJUSTMENT < 0:
         raise ConfigInputError(f"PRETRAIN.MOPRO.LOGIT_ADJUSTMENT: "
                                f"{cfg.PRETRAIN.MOPRO.LOGIT_ADJUSTMENT} is negative")
+    if cfg.PRETRAIN.MOPRO.SAMPLER_EXPONENT < 0:
+        raise ConfigInputError(f"PRETRAIN.MOPRO.SAMPLER_EXPONENT: "
+                               f"{cfg.PRETRAIN.MOPRO.SAMPLER_EXPONENT} is negative")
     cfg.freeze()
     return cfg
 

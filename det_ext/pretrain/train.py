@@ -157,7 +157,12 @@ class PretrainRunner:
             raise ValueError(f"{len(self.dataset)} samples are fewer than one batch "
                              f"({self.batch * self.world})")
         gen = torch.Generator().manual_seed(self.cfg.SEED * 1000 + epoch)
-        if self.world > 1:
+        exponent = self.cfg.PRETRAIN.MOPRO.SAMPLER_EXPONENT
+        if self.method == "mopro" and exponent != 1.0:
+            sampler = ClassAwareSampler(self.samples.labels, n_iter * self.batch, exponent,
+                                        seed=self.cfg.SEED * 7919 + self.rank)
+            sampler.set_epoch(epoch)
+        elif self.world > 1:
             sampler = DistributedSampler(self.dataset, shuffle=True, seed=self.cfg.SEED)
             sampler.set_epoch(epoch)
         else:
