@@ -12,7 +12,8 @@ setup(
     packages=find_packages(include=["det_ext", "det_ext.*"]),
     python_requires=">=3.10",
     # Ranges, not pins: users with their own torch / Detectron2 keep them. Detectron2 itself is not
-    # listed because it has no official PyPI release (see README, "Installing into an existing env").
+    # listed because it has no official PyPI release (see README, "Installing into an existing
+    # env").
     install_requires=[
         "torch>=2.0",
         "torchvision>=0.15",

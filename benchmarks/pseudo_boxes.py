@@ -14,8 +14,9 @@ Throughput: on the same device, model, images and proposals, in one run, the bat
 backward pass per batch) against PB-OVD's per-image loop (batch forward, then one backward per
 caption through the whole model with ``retain_graph``), each over ``--throughput-images`` images
 after one warm-up batch. This comparison always uses Grad-CAM maps (the ones that need a backward
-pass); with ``PSEUDO.ALBEF.CAM_MODE attention`` the configured generator is timed as well. ``--model base`` times an ALBEF-base-sized model (ViT-B/16 at 256 px +
-BERT-base with 6 fusion layers, random weights; meant for a GPU) instead of the tiny one.
+pass); with ``PSEUDO.ALBEF.CAM_MODE attention`` the configured generator is timed as well.
+``--model base`` times an ALBEF-base-sized model (ViT-B/16 at 256 px + BERT-base with 6 fusion
+layers, random weights; meant for a GPU) instead of the tiny one.
 
     python benchmarks/pseudo_boxes.py --out results.json [--seed 0] [--device cpu] [--model tiny]
 """

@@ -31,11 +31,14 @@ def tiny_world() -> dict:
 
 
 def tiny_model_opts(output_dir: str, max_iter: int = 2) -> list:
-    """Config overrides that make the tiny LT-Shapes Mask R-CNN train on the tiny world in seconds."""
-    return ["DATASETS.TRAIN", "('lt_shapes_tiny_train',)", "DATASETS.TEST", "('lt_shapes_tiny_val',)",
+    """Config overrides that make the tiny LT-Shapes Mask R-CNN train on the tiny world in
+    seconds."""
+    return ["DATASETS.TRAIN", "('lt_shapes_tiny_train',)",
+            "DATASETS.TEST", "('lt_shapes_tiny_val',)",
             "MODEL.ROI_HEADS.NUM_CLASSES", "8", "INPUT.MIN_SIZE_TRAIN", "(64,)",
             "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
-            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter), "SOLVER.WARMUP_ITERS", "1",
+            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter),
+            "SOLVER.WARMUP_ITERS", "1",
             "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", output_dir,
             "SEED", "1"]
 

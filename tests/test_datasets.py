@@ -91,8 +91,10 @@ def _write(tmp_path, data, name="bad.json"):
 BAD_CASES = [
     ("image_id", lambda d: d["annotations"][0].update(image_id=987654), r"image_id.*987654"),
     ("category_id", lambda d: d["annotations"][0].update(category_id=99), r"category_id.*99"),
-    ("zero_box", lambda d: d["annotations"][0].update(bbox=[1, 2, 0, 5]), r"bbox.*zero or negative"),
-    ("neg_box", lambda d: d["annotations"][0].update(bbox=[1, 2, 3, -5]), r"bbox.*zero or negative"),
+    ("zero_box", lambda d: d["annotations"][0].update(bbox=[1, 2, 0, 5]),
+     r"bbox.*zero or negative"),
+    ("neg_box", lambda d: d["annotations"][0].update(bbox=[1, 2, 3, -5]),
+     r"bbox.*zero or negative"),
     ("nan_box", lambda d: d["annotations"][0].update(bbox=[1, float("nan"), 3, 5]), r"bbox.*NaN"),
     ("short_box", lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"bbox must be"),
     ("no_images", lambda d: d.pop("images"), r"'images' is missing"),

@@ -37,7 +37,8 @@ TINY_NOVEL = (TINY_NAMES[1], TINY_NAMES[5])
 
 def _random_embeddings(names, seed=0, dim=DIM):
     g = torch.Generator().manual_seed(seed)
-    return ClassEmbeddings(list(names), F.normalize(torch.randn(len(names), dim, generator=g), dim=1))
+    vectors = F.normalize(torch.randn(len(names), dim, generator=g), dim=1)
+    return ClassEmbeddings(list(names), vectors)
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +170,8 @@ def test_embedding_file_mismatch_is_a_clear_error(ov_world, tmp_path):
     with pytest.raises(DetExtInputError, match="dimension 16 does not match the model's 32"):
         build_model(build_config(BASE_CFG, opts))
     # permuted names
-    base = ClassEmbeddings(**{"names": MetadataCatalog.get(ov_world["base_train"]).thing_classes[::-1],
-                              "embeddings": torch.randn(6, DIM)})
+    reversed_names = MetadataCatalog.get(ov_world["base_train"]).thing_classes[::-1]
+    base = ClassEmbeddings(names=reversed_names, embeddings=torch.randn(6, DIM))
     bad = save_text_embeddings(str(tmp_path / "perm.pt"), base)
     opts = _ov_opts(ov_world, tmp_path, extra=("OPEN_VOCAB.TRAIN_EMBEDDINGS", bad))
     with pytest.raises(DetExtInputError, match="order differs"):
@@ -180,8 +181,9 @@ def test_embedding_file_mismatch_is_a_clear_error(ov_world, tmp_path):
 def _detections(cfg, model, image):
     inst = predict_image(cfg, model, image)
     names = get_vocabulary(model)
+    boxes = inst.pred_boxes.tensor.tolist()
     return sorted((names[int(c)], round(float(s), 4), tuple(round(v, 2) for v in b))
-                  for c, s, b in zip(inst.pred_classes, inst.scores, inst.pred_boxes.tensor.tolist()))
+                  for c, s, b in zip(inst.pred_classes, inst.scores, boxes))
 
 
 def test_set_vocabulary_swaps_class_space_consistently(ov_world, tmp_path):
@@ -262,7 +264,8 @@ def test_train_on_pseudo_boxes_then_generalized_eval(ov_world, tmp_path):
     bbox = results["bbox"]
     for k in ("novel_AP50", "base_AP50", "all_AP50", "AP50"):
         assert k in bbox
-    assert get_vocabulary(trainer2.model) == MetadataCatalog.get(ov_world["base_train"]).thing_classes
+    base_names = MetadataCatalog.get(ov_world["base_train"]).thing_classes
+    assert get_vocabulary(trainer2.model) == base_names
     metrics = json.load(open(tmp_path / "ft" / "metrics.json"))
     assert "novel_AP50" in metrics["bbox"]
     assert np.isfinite(bbox["all_AP50"])

@@ -124,6 +124,22 @@ def test_mopro_sampler_exponent(tmp_path, tiny_world):
                                atol=0.02, rtol=0)
 
 
+def test_pcl_cluster_balanced_sampler(tmp_path, tiny_samples):
+    opts = _opts(tmp_path, "pcl", 1) + ["PRETRAIN.PCL.SAMPLER_EXPONENT", "0.0",
+                                        "PRETRAIN.PCL.NUM_CLUSTERS", "[3, 2]"]
+    runner = PretrainRunner(build_pretrain_config("", opts), tiny_samples)
+    n = len(tiny_samples)
+    runner.model.set_clusters(None)  # warm-up: instance sampling, a permutation
+    assert sorted(int(i) for i in runner._loaders(0)[0].sampler) == list(range(n))
+    # Coarsest granularity (2 clusters): one cluster of 4 samples, one of n - 4.
+    coarse = (torch.arange(n) >= 4).long()
+    fine = torch.arange(n) % 3
+    runner.model.set_clusters({"im2cluster": [fine, coarse], "centroids": [], "density": []})
+    idx = torch.tensor([int(i) for e in range(30) for i in runner._loaders(e)[0].sampler])
+    share = float((idx < 4).float().mean())
+    assert abs(share - 0.5) < 0.05  # the small cluster drawn as often as the large one
+
+
 def test_config_errors():
     with pytest.raises(ConfigInputError, match="PRETRAIN.METHOD"):
         build_pretrain_config("", ["PRETRAIN.METHOD", "simclr"])
@@ -133,8 +149,9 @@ def test_config_errors():
         build_pretrain_config("", ["PRETRAIN.AUG.BACKGROUND_SWAP_PROB", "1.5"])
     with pytest.raises(ConfigInputError, match="LOGIT_ADJUSTMENT: -1.0 is negative"):
         build_pretrain_config("", ["PRETRAIN.MOPRO.LOGIT_ADJUSTMENT", "-1.0"])
-    with pytest.raises(ConfigInputError, match="SAMPLER_EXPONENT: -0.5 is negative"):
-        build_pretrain_config("", ["PRETRAIN.MOPRO.SAMPLER_EXPONENT", "-0.5"])
+    for node in ("MOPRO", "PCL"):
+        with pytest.raises(ConfigInputError, match=f"{node}.SAMPLER_EXPONENT: -0.5 is negative"):
+            build_pretrain_config("", [f"PRETRAIN.{node}.SAMPLER_EXPONENT", "-0.5"])
     with pytest.raises(ConfigInputError, match="NO_SUCH_KEY"):
         build_pretrain_config("", ["PRETRAIN.NO_SUCH_KEY", "1"])
     with pytest.raises(ConfigInputError, match="missing.yaml"):

@@ -3,14 +3,12 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
-import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 

@@ -13,7 +13,6 @@ OUT, or run ``--merge`` once all are done. Trailing ``KEY VALUE`` pairs override
 
 import argparse
 import logging
-import sys
 
 from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger

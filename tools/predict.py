@@ -14,7 +14,6 @@ from the config's text encoder (``OPEN_VOCAB.TEXT_ENCODER.*``). Without ``--voca
 training vocabulary is used.
 """
 import argparse
-import json
 import logging
 import sys
 

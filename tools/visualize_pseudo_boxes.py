@@ -11,7 +11,6 @@ the normalised, thresholded map used for selection, recomputed with the config's
 """
 
 import argparse
-import json
 import os
 from collections import defaultdict
 

@@ -21,7 +21,8 @@ def add_open_vocab_config(cfg: CN) -> None:
     # L2-normalise projected RoI features and class embeddings (cosine logits / TEMPERATURE).
     # PB-OVD: False (raw dot product with unit-norm CLIP text vectors).
     cfg.OPEN_VOCAB.NORMALIZE = False
-    # Softmax temperature of normalised logits (0.02 = scale 50, as Detic); unused without NORMALIZE.
+    # Softmax temperature of normalised logits (0.02 = scale 50, as Detic); unused without
+    # NORMALIZE.
     cfg.OPEN_VOCAB.TEMPERATURE = 0.02
     # Background embedding, placed last as Detectron2 expects: "zero" (PB-OVD: logit 0) or
     # "learned".

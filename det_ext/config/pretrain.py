@@ -52,6 +52,10 @@ def add_pretrain_config(cfg: CN) -> None:
     cfg.PRETRAIN.PCL.DENSITY_ALPHA = 10.0
     # Percentiles phi is clipped to before rescaling to mean temperature.
     cfg.PRETRAIN.PCL.DENSITY_CLIP = [10.0, 90.0]
+    # Cluster-balanced sampling after warm-up (not in the paper; no labels used): a cluster of the
+    # coarsest granularity of the last E-step is drawn with p ~ size ** EXPONENT, then one of its
+    # samples; 1.0 = the reference's instance sampling, 0.0 = cluster-balanced.
+    cfg.PRETRAIN.PCL.SAMPLER_EXPONENT = 1.0
 
     cfg.PRETRAIN.MOPRO = CN()
     # Prototype EMA momentum (proto_m).

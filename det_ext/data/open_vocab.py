@@ -12,7 +12,8 @@ Registered names:
 
 - LT-Shapes: ``lt_shapes_ov_base_train`` (base categories only, novel boxes removed) and
   ``lt_shapes_ov_val`` (all 30 categories, novel = :data:`LT_SHAPES_NOVEL`);
-  ``<prefix>_ov_base_train`` / ``<prefix>_ov_val`` for other worlds via :func:`register_lt_shapes_ov`.
+  ``<prefix>_ov_base_train`` / ``<prefix>_ov_val`` for other worlds via
+  :func:`register_lt_shapes_ov`.
 - COCO (48 base / 17 novel, :data:`COCO_OV_BASE` / :data:`COCO_OV_NOVEL`): ``coco_ov_base_train``
   and ``coco_ov_val`` (65 categories) from files written by :func:`write_ov_split_json`, and
   ``coco_ov_pseudo_train`` (``<root>/coco_ov/pseudo_boxes_train2017.json``).
@@ -196,8 +197,8 @@ def _register_file_split(name: str, json_file: str, image_root: str, novel: Sequ
 
 
 def register_coco_ov(root: Optional[str] = None) -> Dict[str, str]:
-    """Registers ``coco_ov_base_train`` (48 base categories) and ``coco_ov_val`` (65 categories,
-    17 novel; COCO metrics) on ``<root>/coco_ov/instances_{train2017_base,val2017_generalized}.json``
+    """Registers ``coco_ov_base_train`` (48 base categories) and ``coco_ov_val`` (65 categories, 17
+    novel; COCO metrics) on ``<root>/coco_ov/instances_{train2017_base,val2017_generalized}.json``
     written by ``write_ov_split_json`` from the COCO 2017 instance files (docs/open_vocab.md)."""
     root = root or datasets_root()
     folder = os.path.join(root, "coco_ov")

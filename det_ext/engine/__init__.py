@@ -12,6 +12,7 @@ from .trainer import (
 )
 
 __all__ = [
-    "DetExtTrainer", "TRAINER_REGISTRY", "build_trainer_class", "AtomicDetectionCheckpointer", "build_det_ext_evaluator", "save_metrics",
-    "build_config", "setup", "check_weights_file", "train_net_main", "run_cli", "launch_from_args",
+    "DetExtTrainer", "TRAINER_REGISTRY", "build_trainer_class", "AtomicDetectionCheckpointer",
+    "build_det_ext_evaluator", "save_metrics", "build_config", "setup", "check_weights_file",
+    "train_net_main", "run_cli", "launch_from_args",
 ]

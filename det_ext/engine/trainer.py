@@ -104,7 +104,8 @@ class DetExtTrainer(DefaultTrainer):
 
     def train(self) -> Optional[Dict[str, Any]]:
         """Trains, then returns the results of the final evaluation (None when nothing was
-        evaluated); ``DefaultTrainer.train`` returns them only when ``TEST.EXPECTED_RESULTS`` is set."""
+        evaluated); ``DefaultTrainer.train`` returns them only when ``TEST.EXPECTED_RESULTS`` is
+        set."""
         results = super().train()
         return results if results is not None else getattr(self, "_last_eval_results", None)
 

@@ -45,9 +45,10 @@ def build_pretrain_config(config_file: str = "", opts: Optional[List[str]] = Non
     if cfg.PRETRAIN.MOPRO.LOGIT_ADJUSTMENT < 0:
         raise ConfigInputError(f"PRETRAIN.MOPRO.LOGIT_ADJUSTMENT: "
                                f"{cfg.PRETRAIN.MOPRO.LOGIT_ADJUSTMENT} is negative")
-    if cfg.PRETRAIN.MOPRO.SAMPLER_EXPONENT < 0:
-        raise ConfigInputError(f"PRETRAIN.MOPRO.SAMPLER_EXPONENT: "
-                               f"{cfg.PRETRAIN.MOPRO.SAMPLER_EXPONENT} is negative")
+    for node in ("MOPRO", "PCL"):
+        if cfg.PRETRAIN[node].SAMPLER_EXPONENT < 0:
+            raise ConfigInputError(f"PRETRAIN.{node}.SAMPLER_EXPONENT: "
+                                   f"{cfg.PRETRAIN[node].SAMPLER_EXPONENT} is negative")
     cfg.freeze()
     return cfg
 

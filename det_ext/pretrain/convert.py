@@ -2,8 +2,8 @@
 """Conversion of PCL / MoPro / MoCo / ICCL / torchvision ResNet checkpoints into Detectron2 pickles.
 
 The renaming rules follow the MoCo and Detectron2 converters (spec ``backbones.md`` §5): keep the
-query encoder (never ``encoder_k``), drop heads (``fc``, ``fc1``, ``fc2``, ``classifier``),
-queues and prototypes, ``conv1/bn1`` -> ``stem.conv1(.norm)``, ``layerN`` -> ``res{N+1}``, ``bnK`` ->
+query encoder (never ``encoder_k``), drop heads (``fc``, ``fc1``, ``fc2``, ``classifier``), queues
+and prototypes, ``conv1/bn1`` -> ``stem.conv1(.norm)``, ``layerN`` -> ``res{N+1}``, ``bnK`` ->
 ``convK.norm``, ``downsample.0/1`` -> ``shortcut(.norm)``. The result is checked against the
 parameter names and shapes of a Detectron2 ResNet of the detected depth.
 """
@@ -99,7 +99,8 @@ def load_checkpoint_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """Reads a checkpoint file and returns its flat state dict.
 
     Accepts ``{'state_dict': ...}`` (PCL, MoPro, MoCo, our pre-training), ``{'model': ...}`` and
-    plain state dicts (torchvision). Raises :class:`CheckpointFormatError` naming ``path`` otherwise.
+    plain state dicts (torchvision). Raises :class:`CheckpointFormatError` naming ``path``
+    otherwise.
     """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

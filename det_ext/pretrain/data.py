@@ -22,7 +22,8 @@ from .crops import crops_from_dicts, image_folder, masks_and_backgrounds
 
 __all__ = [
     "SampleSet", "crops_from_dicts", "masks_and_backgrounds", "load_sample_set", "with_label_noise",
-    "build_transforms", "RandomRotate90", "ViewDataset", "ClassAwareSampler", "TORCHVISION_MEAN", "TORCHVISION_STD",
+    "build_transforms", "RandomRotate90", "ViewDataset", "ClassAwareSampler", "TORCHVISION_MEAN",
+    "TORCHVISION_STD",
 ]
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -157,9 +157,9 @@ class PretrainRunner:
             raise ValueError(f"{len(self.dataset)} samples are fewer than one batch "
                              f"({self.batch * self.world})")
         gen = torch.Generator().manual_seed(self.cfg.SEED * 1000 + epoch)
-        exponent = self.cfg.PRETRAIN.MOPRO.SAMPLER_EXPONENT
-        if self.method == "mopro" and exponent != 1.0:
-            sampler = ClassAwareSampler(self.samples.labels, n_iter * self.batch, exponent,
+        rebalancing = self._rebalancing()
+        if rebalancing is not None:
+            sampler = ClassAwareSampler(rebalancing[0], n_iter * self.batch, rebalancing[1],
                                         seed=self.cfg.SEED * 7919 + self.rank)
             sampler.set_epoch(epoch)
         elif self.world > 1:
@@ -176,6 +176,22 @@ class PretrainRunner:
                                seed=self.cfg.SEED * 7919 + self.rank)
         ca.set_epoch(epoch)
         return main, DataLoader(self.dataset, sampler=ca, **kw), n_iter
+
+    def _rebalancing(self) -> Optional[Tuple[torch.Tensor, float]]:
+        """Groups and exponent of a re-balanced main sampler, or None for instance sampling.
+
+        MoPro (``MOPRO.SAMPLER_EXPONENT``): the (noisy) labels. PCL (``PCL.SAMPLER_EXPONENT``,
+        after warm-up): the last E-step's clusters at the coarsest granularity, so that no label
+        is used.
+        """
+        if self.method == "mopro" and self.cfg.PRETRAIN.MOPRO.SAMPLER_EXPONENT != 1.0:
+            return self.samples.labels, self.cfg.PRETRAIN.MOPRO.SAMPLER_EXPONENT
+        pcl = self.cfg.PRETRAIN.PCL
+        clusters = getattr(self.model, "clusters", None)
+        if self.method == "pcl" and pcl.SAMPLER_EXPONENT != 1.0 and clusters is not None:
+            coarsest = list(pcl.NUM_CLUSTERS).index(min(pcl.NUM_CLUSTERS))
+            return clusters["im2cluster"][coarsest].cpu(), pcl.SAMPLER_EXPONENT
+        return None
 
     def e_step(self, epoch: int) -> None:
         """PCL: clusters from momentum features of the whole training set (eval transform)."""

@@ -5,8 +5,9 @@
 - ``lt_shapes_seed<N>_{train,val}``: the default world with seed N (registered on demand).
 - LVIS v0.5 / v1 and COCO 2017 are registered by Detectron2 itself (``lvis_v0.5_train``,
   ``lvis_v1_val``, ``coco_2017_train``, ...); det_ext adds their training statistics on demand.
-- ``coco_lt_train`` / ``coco_lt_val``: COCO-LT (``tools/make_coco_lt.py``) in LVIS format, with the
-  COCO 2017 images. ``$DET_EXT_COCO_LT_TRAIN_JSON`` / ``$DET_EXT_COCO_LT_VAL_JSON`` override the paths.
+- ``coco_lt_train`` / ``coco_lt_val``: COCO-LT (``tools/make_coco_lt.py``) in LVIS format, with
+  the COCO 2017 images. ``$DET_EXT_COCO_LT_TRAIN_JSON`` / ``$DET_EXT_COCO_LT_VAL_JSON`` override the
+  paths.
 
 The expected layout is documented in ``datasets/README.md``.
 """

@@ -3,8 +3,9 @@
 
 ``lt_shapes_train`` / ``lt_shapes_val`` are the default world. Any other world is registered with
 :func:`register_lt_shapes`; names of the form ``lt_shapes_seed<N>_<split>`` (the default world with
-another seed) are registered on demand by :func:`maybe_register_lt_shapes_name`. Worlds are generated
-lazily, under ``$DETECTRON2_DATASETS`` (default ``datasets``), the first time they are loaded.
+another seed) are registered on demand by :func:`maybe_register_lt_shapes_name`. Worlds are
+generated lazily, under ``$DETECTRON2_DATASETS`` (default ``datasets``), the first time they are
+loaded.
 """
 from __future__ import annotations
 

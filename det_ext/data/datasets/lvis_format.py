@@ -36,7 +36,8 @@ def read_dataset_json(json_file: str) -> Dict[str, Any]:
     """
     data = read_json_input(json_file, "annotation file")
     if not isinstance(data, dict):
-        raise DatasetFormatError(f"{json_file}: top level must be an object, got {type(data).__name__}")
+        raise DatasetFormatError(
+            f"{json_file}: top level must be an object, got {type(data).__name__}")
     for key in _REQUIRED_TOP:
         if not isinstance(data.get(key), list):
             raise DatasetFormatError(f"{json_file}: field '{key}' is missing or not a list")
@@ -63,10 +64,11 @@ def metadata_from_categories(categories: List[Dict[str, Any]]) -> Dict[str, Any]
     """Detectron2 metadata derived from LVIS-style category records (sorted by id).
 
     Returns:
-        dict: ``thing_classes``, ``thing_dataset_id_to_contiguous_id``, ``class_frequency`` (r/c/f per
-        class, when the records carry ``frequency``), ``class_image_count`` (LVIS v1 style list of
-        ``{"id", "image_count"}``) and ``class_instance_count`` (list per contiguous class), the last
-        two when the records carry ``image_count`` / ``instance_count``, and ``thing_synonyms``.
+        dict: ``thing_classes``, ``thing_dataset_id_to_contiguous_id``, ``class_frequency`` (r/c/f
+        per class, when the records carry ``frequency``), ``class_image_count`` (LVIS v1 style list
+        of ``{"id", "image_count"}``) and ``class_instance_count`` (list per contiguous class), the
+        last two when the records carry ``image_count`` / ``instance_count``, and
+        ``thing_synonyms``.
     """
     cats = sorted(categories, key=lambda c: c["id"])
     meta: Dict[str, Any] = {
@@ -112,8 +114,8 @@ def load_lvis_format_json(
     meta = metadata_from_categories(categories)
     id_map = meta["thing_dataset_id_to_contiguous_id"]
     if dataset_name is not None:
-        MetadataCatalog.get(dataset_name).set(**{k: v for k, v in meta.items()
-                                                 if not hasattr(MetadataCatalog.get(dataset_name), k)})
+        known = MetadataCatalog.get(dataset_name)
+        known.set(**{k: v for k, v in meta.items() if not hasattr(known, k)})
     images: Dict[int, Dict[str, Any]] = {}
     for i, img in enumerate(data["images"]):
         for key in ("id", "height", "width"):
@@ -140,7 +142,8 @@ def load_lvis_format_json(
     for ann in data["annotations"]:
         where = f"{json_file}: annotations[id={ann.get('id')}]"
         if ann.get("image_id") not in images:
-            raise DatasetFormatError(f"{where}.image_id refers to unknown image {ann.get('image_id')}")
+            raise DatasetFormatError(
+                f"{where}.image_id refers to unknown image {ann.get('image_id')}")
         if ann.get("category_id") not in id_map:
             raise DatasetFormatError(
                 f"{where}.category_id refers to unknown category {ann.get('category_id')}")

@@ -50,8 +50,8 @@ def caption_image(
     """Captions naming the objects of one image.
 
     The first caption names every category present with its count; the following ones name a random
-    subset of one to three categories. Surface forms are the canonical name (70%) or a synonym, in the
-    plural when the count is above one.
+    subset of one to three categories. Surface forms are the canonical name (70%) or a synonym, in
+    the plural when the count is above one.
 
     Args:
         categories (Sequence[CategorySpec]): the world's categories, indexed by label.

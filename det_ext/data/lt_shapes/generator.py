@@ -48,7 +48,8 @@ def lt_shapes_dir(spec: LTShapesSpec, root: str) -> str:
     return os.path.join(root, "lt_shapes", spec.digest())
 
 
-def _assign_instances(counts: np.ndarray, num_images: int, rng: np.random.Generator) -> List[List[int]]:
+def _assign_instances(counts: np.ndarray, num_images: int,
+                      rng: np.random.Generator) -> List[List[int]]:
     """Deals the labels of ``counts`` (per category) into ``num_images`` images, >= 1 each."""
     labels = np.repeat(np.arange(len(counts)), counts)
     rng.shuffle(labels)
@@ -121,7 +122,8 @@ def _generate_split(spec: LTShapesSpec, split: str, counts: np.ndarray, out_dir:
     categories = spec.categories()
     split_index = _SPLITS.index(split)
     num_images = spec.num_train_images if split == "train" else spec.num_val_images
-    assignment = _assign_instances(counts, num_images, np.random.default_rng([spec.seed, split_index]))
+    rng = np.random.default_rng([spec.seed, split_index])
+    assignment = _assign_instances(counts, num_images, rng)
     os.makedirs(os.path.join(out_dir, "images", split), exist_ok=True)
     images, annotations = [], []
     all_ids = set(range(1, len(categories) + 1))
@@ -203,8 +205,8 @@ def generate_lt_shapes(spec: LTShapesSpec, root: str) -> str:
         except (OSError, ValueError) as e:
             raise RuntimeError(f"{spec_file}: unreadable LT-Shapes cache ({e}); delete {out_dir}")
         if found != spec.to_dict():
-            raise RuntimeError(f"{spec_file}: cached LT-Shapes parameters differ from the requested "
-                               f"ones; delete {out_dir} to regenerate")
+            raise RuntimeError(f"{spec_file}: cached LT-Shapes parameters differ from the "
+                               f"requested ones; delete {out_dir} to regenerate")
         return out_dir
     _remove_stale_temporaries(out_dir)
     tmp = f"{out_dir}.tmp-{os.getpid()}"
@@ -215,7 +217,8 @@ def generate_lt_shapes(spec: LTShapesSpec, root: str) -> str:
     train = _generate_split(spec, "train", plan["train"], tmp, first_image_id=1)
     val = _generate_split(spec, "val", plan["val"], tmp, first_image_id=spec.num_train_images + 1)
     categories = _category_records(spec, train)
-    info = {"description": "LT-Shapes, a synthetic long-tailed world (det_ext)", "spec": spec.to_dict()}
+    info = {"description": "LT-Shapes, a synthetic long-tailed world (det_ext)",
+            "spec": spec.to_dict()}
     for split, data in (("train", train), ("val", val)):
         atomic_write_json(os.path.join(tmp, f"{split}.json"),
                           {"info": info, "licenses": [], "categories": categories, **data})

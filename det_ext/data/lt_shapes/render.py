@@ -35,7 +35,8 @@ class Placement:
 
 
 def _polygon(points: Sequence[Tuple[float, float]], p: Placement) -> List[Tuple[float, float]]:
-    """Scales unit-radius ``points`` by ``p.radius``, rotates by ``p.angle`` and moves to the centre."""
+    """Scales unit-radius ``points`` by ``p.radius``, rotates by ``p.angle`` and moves to the
+    centre."""
     c, s = math.cos(p.angle), math.sin(p.angle)
     r = p.radius
     return [(p.cx + r * (x * c - y * s), p.cy + r * (x * s + y * c)) for x, y in points]
@@ -69,7 +70,8 @@ _UNIT_POLYGONS = {
     "diamond": [(0, -1), (0.62, 0), (0, 1), (-0.62, 0)],
     "hexagon": _regular(6),
     "bar": [(-1, -_W), (1, -_W), (1, _W), (-1, _W)],
-    "arrow": [(-1, -0.22), (0.25, -0.22), (0.25, -0.6), (1, 0), (0.25, 0.6), (0.25, 0.22), (-1, 0.22)],
+    "arrow": [(-1, -0.22), (0.25, -0.22), (0.25, -0.6), (1, 0), (0.25, 0.6), (0.25, 0.22),
+              (-1, 0.22)],
 }
 
 

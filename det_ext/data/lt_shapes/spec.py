@@ -58,7 +58,8 @@ class LTShapesSpec:
         }
         for field, ok in checks.items():
             if not ok:
-                raise ValueError(f"LTShapesSpec.{field} has an invalid value: {getattr(self, field)}")
+                raise ValueError(
+                    f"LTShapesSpec.{field} has an invalid value: {getattr(self, field)}")
         build_categories(self.num_categories, self.num_twins)  # validates both counts
 
     def to_dict(self) -> Dict[str, Any]:
@@ -80,8 +81,8 @@ def plan_instance_counts(spec: LTShapesSpec) -> Dict[str, np.ndarray]:
 
     Training counts follow ``n_k = n_head * n_head ** (-(k / (C - 1)) ** gamma)``, ending at one
     instance for the rarest category, with ``n_head`` scaled so that the total is about
-    ``num_train_images * instances_per_image``. Validation counts are proportional to the square root
-    of the training counts (flatter, as in LVIS val), with at least ``min_val_instances`` each.
+    ``num_train_images * instances_per_image``. Validation counts are proportional to the square
+    root of the training counts (flatter, as in LVIS val), with at least ``min_val_instances`` each.
 
     Returns:
         dict: ``{"train": int array (C,), "val": int array (C,)}``.

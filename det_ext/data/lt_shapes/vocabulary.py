@@ -151,8 +151,8 @@ def build_categories(num_categories: int, num_twins: int) -> List[CategorySpec]:
 
     The first ``num_categories - num_twins`` categories are distinct (shape, colour) pairs with head
     colours, cycling shapes fastest so that frequent classes differ in shape and colour. The last
-    ``num_twins`` categories are twins of the most frequent categories whose colour has a near colour:
-    same shape (and texture), near colour. Every 7th non-twin category is striped.
+    ``num_twins`` categories are twins of the most frequent categories whose colour has a near
+    colour: same shape (and texture), near colour. Every 7th non-twin category is striped.
 
     Args:
         num_categories (int): total number of categories (>= 4 and <= 80).
@@ -186,7 +186,8 @@ def build_categories(num_categories: int, num_twins: int) -> List[CategorySpec]:
             near = NEAR_COLOURS[head.colour]
             prefix = "striped " if head.texture == "striped" else ""
             twins.append(
-                CategorySpec(f"{prefix}{near} {head.shape}", head.shape, near, head.texture, head.name)
+                CategorySpec(f"{prefix}{near} {head.shape}", head.shape, near, head.texture,
+                             head.name)
             )
     if len(twins) < num_twins:
         raise ValueError(f"cannot build {num_twins} twins from {len(base)} base categories")

@@ -28,8 +28,8 @@ __all__ = [
     "save_text_embeddings", "OpenVocabOutputLayers", "TextEmbeddingClassifier",
     "OpenVocabROIHeads", "dataset_class_names", "load_train_embeddings", "TextEncoder",
     "OpenClipTextEncoder", "HFClipTextEncoder", "build_text_encoder", "register_text_encoder",
-    "compute_class_embeddings", "default_templates", "cached_class_embeddings", "CLIP_TEMPLATES", "set_vocabulary",
-    "get_vocabulary", "find_open_vocab_heads", "parse_vocabulary",
+    "compute_class_embeddings", "default_templates", "cached_class_embeddings", "CLIP_TEMPLATES",
+    "set_vocabulary", "get_vocabulary", "find_open_vocab_heads", "parse_vocabulary",
 ]
 
 from . import tiny_vl  # noqa: F401,E402  (registers the "tiny_vl" text encoder)

@@ -112,7 +112,8 @@ def load_text_embeddings(path: str, expected_names: Optional[Sequence[str]] = No
     """Reads a class text-embedding file and checks it against its use.
 
     Args:
-        path (str): file written by :func:`save_text_embeddings` (``tools/build_text_embeddings.py``).
+        path (str): file written by :func:`save_text_embeddings`
+            (``tools/build_text_embeddings.py``).
         expected_names (Sequence[str] or None): class names it must hold, in this order.
         expected_dim (int or None): embedding size it must have (the model's projection size).
         target (str): what ``expected_names`` belong to, for messages (e.g. "dataset 'coco_val'").
@@ -129,7 +130,8 @@ def load_text_embeddings(path: str, expected_names: Optional[Sequence[str]] = No
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ClassEmbeddingError(f"{path}: not a readable class text-embedding file ({e})") from None
+        raise ClassEmbeddingError(
+            f"{path}: not a readable class text-embedding file ({e})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise ClassEmbeddingError(f"{path}: not a det_ext class text-embedding file "
                                   f"(field 'format' must be '{FORMAT_NAME}')")

@@ -127,7 +127,8 @@ class OpenVocabOutputLayers(FastRCNNOutputLayers):
                 p.requires_grad_(False)
 
     @classmethod
-    def from_config(cls, cfg, input_shape, class_embeddings: torch.Tensor):  # type: ignore[override]
+    def from_config(  # type: ignore[override]
+            cls, cfg, input_shape, class_embeddings: torch.Tensor):
         ret = super().from_config(cfg, input_shape)
         ret.pop("num_classes")
         ov = cfg.OPEN_VOCAB

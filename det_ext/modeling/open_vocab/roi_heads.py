@@ -40,8 +40,8 @@ def load_train_embeddings(cfg) -> ClassEmbeddings:
     ``OPEN_VOCAB.EMBED_DIM``."""
     path = cfg.OPEN_VOCAB.TRAIN_EMBEDDINGS
     if not path:
-        raise ConfigInputError("OPEN_VOCAB.TRAIN_EMBEDDINGS: a class text-embedding file is required "
-                               "by OpenVocabROIHeads (tools/build_text_embeddings.py)")
+        raise ConfigInputError("OPEN_VOCAB.TRAIN_EMBEDDINGS: a class text-embedding file is "
+                               "required by OpenVocabROIHeads (tools/build_text_embeddings.py)")
     names: Optional[List[str]] = None
     target = "the training vocabulary"
     if len(cfg.DATASETS.TRAIN):

@@ -23,8 +23,8 @@ from .embeddings import ClassEmbeddingError, ClassEmbeddings, load_text_embeddin
 from .embeddings import save_text_embeddings
 
 __all__ = ["TextEncoder", "OpenClipTextEncoder", "HFClipTextEncoder", "build_text_encoder",
-           "register_text_encoder", "default_templates", "compute_class_embeddings", "cached_class_embeddings",
-           "CLIP_TEMPLATES", "TEXT_ENCODERS"]
+           "register_text_encoder", "default_templates", "compute_class_embeddings",
+           "cached_class_embeddings", "CLIP_TEMPLATES", "TEXT_ENCODERS"]
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,8 @@ def cached_class_embeddings(names: Sequence[str], encoder: TextEncoder,
     templates and encoder description (None: no cache)."""
     if not cache_dir:
         return compute_class_embeddings(names, encoder, templates)
-    path = os.path.join(cache_dir, f"text_emb_{_cache_key(names, templates, encoder.describe())}.pt")
+    key = _cache_key(names, templates, encoder.describe())
+    path = os.path.join(cache_dir, f"text_emb_{key}.pt")
     if os.path.isfile(path):
         try:
             emb = load_text_embeddings(path, expected_names=list(names), expected_dim=encoder.dim)
