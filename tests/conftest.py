@@ -38,9 +38,8 @@ def tiny_model_opts(output_dir: str, max_iter: int = 2) -> list:
             "MODEL.ROI_HEADS.NUM_CLASSES", "8", "INPUT.MIN_SIZE_TRAIN", "(64,)",
             "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
             "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter),
-            "SOLVER.WARMUP_ITERS", "1",
-            "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", output_dir,
-            "SEED", "1"]
+            "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0",
+            "OUTPUT_DIR", output_dir, "SEED", "1"]
 
 
 def tiny_pretrain_opts(out, method: str, epochs: int = 2) -> list:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from det_ext.pretrain.cli import build_pretrain_config
 from det_ext.pretrain.convert import convert_checkpoint
@@ -164,6 +164,7 @@ def test_config_errors():
 
 @pytest.mark.slow
 def test_cli_json_source(tmp_path, tiny_world):
+    DatasetCatalog.get(tiny_world["train"])  # the world's files are written on first load
     meta = MetadataCatalog.get(tiny_world["train"])
     out = tmp_path / "run"
     opts = _opts(out, "iccl", epochs=1)
