@@ -156,26 +156,31 @@ class PretrainRunner:
         if n_iter == 0:
             raise ValueError(f"{len(self.dataset)} samples are fewer than one batch "
                              f"({self.batch * self.world})")
-        gen = torch.Generator().manual_seed(self.cfg.SEED * 1000 + epoch)
         rebalancing = self._rebalancing()
         if rebalancing is not None:
-            sampler = ClassAwareSampler(rebalancing[0], n_iter * self.batch, rebalancing[1],
-                                        seed=self.cfg.SEED * 7919 + self.rank)
-            sampler.set_epoch(epoch)
+            sampler = self._class_aware_sampler(*rebalancing, n_iter * self.batch, epoch)
         elif self.world > 1:
             sampler = DistributedSampler(self.dataset, shuffle=True, seed=self.cfg.SEED)
             sampler.set_epoch(epoch)
         else:
+            gen = torch.Generator().manual_seed(self.cfg.SEED * 1000 + epoch)
             sampler = RandomSampler(self.dataset, generator=gen)
         kw = dict(batch_size=self.batch, drop_last=True, num_workers=self.cfg.PRETRAIN.NUM_WORKERS)
         main = DataLoader(self.dataset, sampler=sampler, **kw)
         if self.method != "iccl" or not self.model.uses_class_aware_sampler:
             return main, None, n_iter
-        ca = ClassAwareSampler(self.samples.labels, n_iter * self.batch,
-                               self.cfg.PRETRAIN.ICCL.CLASS_AWARE_EXPONENT,
-                               seed=self.cfg.SEED * 7919 + self.rank)
-        ca.set_epoch(epoch)
+        ca = self._class_aware_sampler(self.samples.labels,
+                                       self.cfg.PRETRAIN.ICCL.CLASS_AWARE_EXPONENT,
+                                       n_iter * self.batch, epoch)
         return main, DataLoader(self.dataset, sampler=ca, **kw), n_iter
+
+    def _class_aware_sampler(self, groups: torch.Tensor, exponent: float, num_samples: int,
+                             epoch: int) -> ClassAwareSampler:
+        """This rank's class-aware sampler of ``num_samples`` draws over ``groups`` [N]."""
+        sampler = ClassAwareSampler(groups, num_samples, exponent,
+                                    seed=self.cfg.SEED * 7919 + self.rank)
+        sampler.set_epoch(epoch)
+        return sampler
 
     def _rebalancing(self) -> Optional[Tuple[torch.Tensor, float]]:
         """Groups and exponent of a re-balanced main sampler, or None for instance sampling.
