@@ -144,7 +144,11 @@ def main(args) -> Dict[str, Any]:
     state["settings"] = {"seed": args.seed, "train_crops": len(train), "val_crops": len(val),
                          "tail_classes": tail.tolist(), "tail_groups": "r+c",
                          "epochs": base.PRETRAIN.SOLVER.EPOCHS, "det_iters": args.det_iters,
-                         "input_size": base.PRETRAIN.DATA.INPUT_SIZE, "arch": "resnet18"}
+                         "input_size": base.PRETRAIN.DATA.INPUT_SIZE, "arch": "resnet18",
+                         # timings depend on these (e.g. AVX2 vs AVX-512 kernels on CPU)
+                         "machine": {"threads": args.threads, "torch": torch.__version__,
+                                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                                     "cuda": torch.cuda.is_available()}}
     logger.info("LT-Shapes crops: %d train, %d val (%.1fs); tail classes %s", len(train), len(val),
                 time.perf_counter() - t0, tail.tolist())
 

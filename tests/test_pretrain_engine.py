@@ -7,12 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from det_ext.pretrain.cli import build_pretrain_config
 from det_ext.pretrain.data import ClassAwareSampler
 from det_ext.pretrain.encoder import ResNetEncoder
 from det_ext.pretrain.iccl import ICCL, centroid_contrastive_loss, interpolate
 from det_ext.pretrain.moco import MomentumContrast
 from det_ext.pretrain.mopro import MoPro, clean_labels, update_prototypes
 from det_ext.pretrain.pcl import PCL, cluster_density, kmeans, proto_logits, run_e_step
+from det_ext.pretrain.train import instance_temperature
 
 
 class _Lin(nn.Module):
@@ -74,6 +76,25 @@ def test_instance_logits_hand_computed():
     assert labels.tolist() == [0]
     expected = -1.2 + math.log(math.exp(1.2) + math.exp(2.0) + 3 * math.exp(0.0) + math.exp(-2))
     assert float(F.cross_entropy(logits, labels)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_instance_temperature_schedule():
+    moco = build_pretrain_config("", ["PRETRAIN.MOCO.TEMPERATURE", "0.3"]).PRETRAIN.MOCO
+    assert instance_temperature(moco, 0.0) == instance_temperature(moco, 2.7) == 0.3
+    moco = build_pretrain_config("", ["PRETRAIN.MOCO.TEMPERATURE_SCHEDULE", "cosine",
+                                      "PRETRAIN.MOCO.TEMPERATURE_RANGE", "(0.1, 0.5)",
+                                      "PRETRAIN.MOCO.TEMPERATURE_PERIOD", "2.0"]).PRETRAIN.MOCO
+    # 0.1 + 0.4 (1 + cos(pi t)) / 2: tau_max at the start of each period, tau_min half-way.
+    for epochs, tau in [(0.0, 0.5), (0.5, 0.3), (1.0, 0.1), (1.5, 0.3), (2.0, 0.5), (3.0, 0.1),
+                        (2.0 / 3.0, 0.1 + 0.4 * 0.25)]:
+        assert instance_temperature(moco, epochs) == pytest.approx(tau, abs=1e-12), epochs
+    # The engine's InfoNCE divides by instance_temperature, not by the base temperature.
+    m = _engine(temperature=0.5)
+    q, k = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.6, 0.8, 0.0]])
+    base, _ = m.instance_logits(q, k)
+    m.instance_temperature = 0.25
+    torch.testing.assert_close(m.instance_logits(q, k)[0], 2.0 * base)
+    assert m.temperature == 0.5
 
 
 def test_encode_keys_keeps_order_with_shuffled_chunks():

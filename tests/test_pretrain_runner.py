@@ -1,6 +1,7 @@
 # Copyright (c) det_ext authors.
 """Pre-training loop on tiny LT-Shapes crops: checkpoints in the reference format, resume, the
 converter reading our checkpoints, and the pretrain_net CLI."""
+import math
 import os
 import subprocess
 import sys
@@ -140,6 +141,26 @@ def test_pcl_cluster_balanced_sampler(tmp_path, tiny_samples):
     assert abs(share - 0.5) < 0.05  # the small cluster drawn as often as the large one
 
 
+def test_runner_follows_temperature_schedule(tmp_path, tiny_samples):
+    opts = _opts(tmp_path, "moco", 2) + ["PRETRAIN.MOCO.TEMPERATURE_SCHEDULE", "cosine",
+                                         "PRETRAIN.MOCO.TEMPERATURE_PERIOD", "1.0"]
+    runner = PretrainRunner(build_pretrain_config("", opts), tiny_samples)
+    seen = []
+    logits = runner.model.instance_logits
+
+    def recording(q, k):
+        seen.append(runner.model.instance_temperature)
+        return logits(q, k)
+
+    runner.model.instance_logits = recording
+    runner.train()
+    n_iter = len(tiny_samples) // 16
+    assert len(seen) == 2 * n_iter >= 4
+    # One period per epoch: tau_max (1.0) at each epoch's first iteration, down towards 0.1.
+    expected = [0.1 + 0.45 * (1 + math.cos(2 * math.pi * i / n_iter)) for i in range(n_iter)]
+    assert seen == pytest.approx(expected * 2, abs=1e-9)
+
+
 def test_config_errors():
     with pytest.raises(ConfigInputError, match="PRETRAIN.METHOD"):
         build_pretrain_config("", ["PRETRAIN.METHOD", "simclr"])
@@ -152,6 +173,13 @@ def test_config_errors():
     for node in ("MOPRO", "PCL"):
         with pytest.raises(ConfigInputError, match=f"{node}.SAMPLER_EXPONENT: -0.5 is negative"):
             build_pretrain_config("", [f"PRETRAIN.{node}.SAMPLER_EXPONENT", "-0.5"])
+    with pytest.raises(ConfigInputError, match="TEMPERATURE_SCHEDULE: unknown schedule 'step'"):
+        build_pretrain_config("", ["PRETRAIN.MOCO.TEMPERATURE_SCHEDULE", "step"])
+    cosine = ["PRETRAIN.MOCO.TEMPERATURE_SCHEDULE", "cosine"]
+    with pytest.raises(ConfigInputError, match=r"TEMPERATURE_RANGE: \(0.5, 0.1\)"):
+        build_pretrain_config("", cosine + ["PRETRAIN.MOCO.TEMPERATURE_RANGE", "(0.5, 0.1)"])
+    with pytest.raises(ConfigInputError, match="TEMPERATURE_PERIOD: 0.0 is not positive"):
+        build_pretrain_config("", cosine + ["PRETRAIN.MOCO.TEMPERATURE_PERIOD", "0.0"])
     with pytest.raises(ConfigInputError, match="NO_SUCH_KEY"):
         build_pretrain_config("", ["PRETRAIN.NO_SUCH_KEY", "1"])
     with pytest.raises(ConfigInputError, match="missing.yaml"):

@@ -34,6 +34,16 @@ def add_pretrain_config(cfg: CN) -> None:
     cfg.PRETRAIN.MOCO.MOMENTUM = 0.999
     # InfoNCE temperature (PCL 0.2, MoPro 0.1).
     cfg.PRETRAIN.MOCO.TEMPERATURE = 0.2
+    # Schedule of the InfoNCE temperature (not in the PCL/MoPro papers): "constant" (TEMPERATURE)
+    # or "cosine", Kukleva et al. (ICLR 2023) for long-tailed self-supervision: tau(t) = tau_min
+    # + (tau_max - tau_min) (1 + cos(2 pi t / period)) / 2, t in epochs (fractional). Only the
+    # instance InfoNCE term follows it; PCL's concentrations and MoPro's prototype logits keep
+    # TEMPERATURE.
+    cfg.PRETRAIN.MOCO.TEMPERATURE_SCHEDULE = "constant"
+    # (tau_min, tau_max) of the cosine schedule (the paper's 0.1 and 1.0).
+    cfg.PRETRAIN.MOCO.TEMPERATURE_RANGE = (0.1, 1.0)
+    # Period of the cosine schedule in epochs (the paper: 400 of 2000 epochs).
+    cfg.PRETRAIN.MOCO.TEMPERATURE_PERIOD = 1.0
     # Single-process replacement of shuffle-BN: keys are encoded in this many shuffled chunks,
     # so a key never shares BN statistics with exactly its query's batch (1 = off).
     cfg.PRETRAIN.MOCO.SHUFFLE_BN_SPLITS = 2

@@ -45,6 +45,18 @@ def build_pretrain_config(config_file: str = "", opts: Optional[List[str]] = Non
     if cfg.PRETRAIN.MOPRO.LOGIT_ADJUSTMENT < 0:
         raise ConfigInputError(f"PRETRAIN.MOPRO.LOGIT_ADJUSTMENT: "
                                f"{cfg.PRETRAIN.MOPRO.LOGIT_ADJUSTMENT} is negative")
+    moco = cfg.PRETRAIN.MOCO
+    if moco.TEMPERATURE_SCHEDULE not in ("constant", "cosine"):
+        raise ConfigInputError(f"PRETRAIN.MOCO.TEMPERATURE_SCHEDULE: unknown schedule "
+                               f"'{moco.TEMPERATURE_SCHEDULE}' (constant, cosine)")
+    if moco.TEMPERATURE_SCHEDULE == "cosine":
+        low_high = tuple(moco.TEMPERATURE_RANGE)
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+            raise ConfigInputError(f"PRETRAIN.MOCO.TEMPERATURE_RANGE: {low_high} is not "
+                                   f"(tau_min, tau_max) with 0 < tau_min <= tau_max")
+        if moco.TEMPERATURE_PERIOD <= 0:
+            raise ConfigInputError(f"PRETRAIN.MOCO.TEMPERATURE_PERIOD: "
+                                   f"{moco.TEMPERATURE_PERIOD} is not positive")
     for node in ("MOPRO", "PCL"):
         if cfg.PRETRAIN[node].SAMPLER_EXPONENT < 0:
             raise ConfigInputError(f"PRETRAIN.{node}.SAMPLER_EXPONENT: "

@@ -54,6 +54,8 @@ class MomentumContrast(nn.Module):
             p.requires_grad = False
         self.momentum = momentum
         self.temperature = temperature
+        # InfoNCE temperature; the runner may follow a schedule (MOCO.TEMPERATURE_SCHEDULE).
+        self.instance_temperature = temperature
         self.shuffle_splits = max(1, int(shuffle_splits))
         self.register_buffer("queue", F.normalize(torch.randn(dim, queue_size), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
@@ -120,11 +122,12 @@ class MomentumContrast(nn.Module):
             k (Tensor): positive keys [N, dim], L2-normalised (no gradient).
 
         Returns:
-            (Tensor, Tensor): logits [N, 1 + K] = [q.k+, q.queue] / T, labels [N] (all 0).
+            (Tensor, Tensor): logits [N, 1 + K] = [q.k+, q.queue] / T, labels [N] (all 0), T
+            being ``instance_temperature``.
         """
         l_pos = (q * k).sum(dim=1, keepdim=True)
         l_neg = q @ self.queue.clone().detach()
-        logits = torch.cat([l_pos, l_neg], dim=1) / self.temperature
+        logits = torch.cat([l_pos, l_neg], dim=1) / self.instance_temperature
         return logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
 
     def instance_step(self, im_q: torch.Tensor, im_k: torch.Tensor

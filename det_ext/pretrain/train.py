@@ -25,7 +25,7 @@ from .build import METHODS_WITH_LABELS, build_pretrain_model
 from .data import ClassAwareSampler, SampleSet, ViewDataset, build_transforms, load_sample_set
 from .pcl import run_e_step
 
-__all__ = ["PretrainRunner", "learning_rate", "compute_features"]
+__all__ = ["PretrainRunner", "learning_rate", "instance_temperature", "compute_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,19 @@ def learning_rate(solver, epoch: int) -> float:
     if solver.COSINE:
         return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / solver.EPOCHS))
     return lr * solver.GAMMA ** sum(epoch >= s for s in solver.STEPS)
+
+
+def instance_temperature(moco, epochs: float) -> float:
+    """InfoNCE temperature after ``epochs`` (fractional) of training.
+
+    ``MOCO.TEMPERATURE_SCHEDULE`` "constant": ``TEMPERATURE``; "cosine" (Kukleva et al., ICLR
+    2023): tau_min + (tau_max - tau_min) (1 + cos(2 pi epochs / period)) / 2, starting at tau_max.
+    """
+    if moco.TEMPERATURE_SCHEDULE == "constant":
+        return moco.TEMPERATURE
+    low, high = moco.TEMPERATURE_RANGE
+    phase = 2.0 * math.pi * epochs / moco.TEMPERATURE_PERIOD
+    return low + (high - low) * 0.5 * (1.0 + math.cos(phase))
 
 
 @torch.no_grad()
@@ -230,6 +243,8 @@ class PretrainRunner:
             batches = (zip(main, class_aware) if class_aware is not None
                        else ((b, None) for b in main))
             for it, (batch, batch_b) in enumerate(batches):
+                self.model.instance_temperature = instance_temperature(
+                    self.cfg.PRETRAIN.MOCO, epoch + it / n_iter)
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 if batch_b is not None:
                     batch["img_b"] = batch_b["img_q"].to(self.device)
