@@ -8,21 +8,25 @@ R-CNN (configs/LT-Shapes/pretrained_R18_FPN_tiny.yaml) initialised from each con
 versus random initialisation, same schedule.
 
 Reduced CPU schedule (see docs/backbones.md): configs/pretrain/*_R18_lt_shapes.yaml (48 px inputs,
-batch 128, --epochs epochs), detection --det-iters iterations of 8 images. Every stage's result is
+batch 128, --epochs epochs), detection --det-iters iterations of 8 images, repeated with
+--det-seeds training seeds (box AP = their mean; the same seed gives every initialisation the same
+head initialisation and data order, so the runs pair up). Every stage's result is
 kept in WORK_DIR/state.json and pre-training resumes from its last epoch, so a killed run picks up
 where it stopped. Output (percent)::
 
     {"linear_probe": {"random": {"acc", "balanced_acc", "tail_acc"}, "instance_only": ...,
                       "pcl": ..., "mopro": ..., "iccl": ...},
-     "detection": {"random": {"AP", ...}, "pcl": ..., "mopro": ..., "iccl": ...},
+     "detection": {"random": {"AP", ..., "AP_per_seed", "AP_std"}, "pcl": ..., "mopro": ...,
+                   "iccl": ...},
      "vs_random": {"linear_probe": {method: {"acc", "balanced_acc", "tail_acc"}},
-                   "detection_AP": {method: d}, "iccl_minus_instance_only_tail_acc": d},
+                   "detection_AP": {method: d}, "detection_seeds_beating_random": {method: "k/n"},
+                   "iccl_minus_instance_only_tail_acc": d},
      "settings": {...}, "timing_s": {...}}
 
 Usage::
 
     flock /tmp/det_ext_heavy.lock python benchmarks/pretrain_lt_shapes.py --out results.json \
-        [--seed 0] [--epochs 6] [--det-iters 400] [--work-dir output/bench_pretrain]
+        [--seed 0] [--epochs 6] [--det-iters 400] [--det-seeds 1] [--work-dir output/bench_pretrain]
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import time
 from typing import Any, Dict
 
@@ -86,9 +91,9 @@ def _probe(encoder, train, val, tail, transform, seed) -> Dict[str, float]:
     return probe_accuracy(clf, f_va, val.clean_labels, tail)
 
 
-def _detect(name: str, weights: str, args, names) -> Dict[str, float]:
-    out = os.path.join(args.work_dir, "detection", name)
-    opts = ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", out, "SEED", str(args.seed),
+def _detect(name: str, weights: str, args, names, seed: int) -> Dict[str, float]:
+    out = os.path.join(args.work_dir, "detection", name, f"seed{seed}")
+    opts = ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", out, "SEED", str(seed),
             "DATASETS.TRAIN", f"('{names['train']}',)", "DATASETS.TEST", f"('{names['val']}',)",
             "SOLVER.MAX_ITER", str(args.det_iters),
             "SOLVER.STEPS", str(tuple(sorted({s for s in (int(args.det_iters * 0.75),
@@ -105,9 +110,30 @@ def _detect(name: str, weights: str, args, names) -> Dict[str, float]:
     return {k: bbox[k] for k in ("AP", "AP50", "AP75", "APr", "APc", "APf") if k in bbox}
 
 
+def _mean_over_seeds(runs: Dict[str, Dict[str, float]]) -> Dict[str, Any]:
+    """Detection metrics averaged over training seeds.
+
+    Args:
+        runs: {seed: {"AP", "AP50", ...}} of one initialisation.
+
+    Returns:
+        The mean of every metric all runs have, the per-seed APs (``AP_per_seed``) and, with
+        several seeds, their sample standard deviation (``AP_std``).
+    """
+    keys = set.intersection(*(set(r) for r in runs.values()))
+    out: Dict[str, Any] = {k: round(statistics.fmean(r[k] for r in runs.values()), 3)
+                           for k in sorted(keys)}
+    out["AP_per_seed"] = {s: r["AP"] for s, r in runs.items()}
+    if len(runs) > 1:
+        out["AP_std"] = round(statistics.stdev(r["AP"] for r in runs.values()), 3)
+    return out
+
+
 def _gaps(state: Dict[str, Any]) -> Dict[str, Any]:
     """Differences (points) that the issue's targets read: each method's probe minus random
-    initialisation's, ICCL's tail accuracy minus instance-only's, and box AP minus random's."""
+    initialisation's, ICCL's tail accuracy minus instance-only's, box AP (mean over detection
+    seeds) minus random's, and in how many seeds each backbone beat random initialisation trained
+    with the same seed (same head initialisation and data order)."""
     probe, det = state["linear_probe"], state["detection"]
     out: Dict[str, Any] = {"linear_probe": {}, "detection_AP": {}}
     for m in METHODS:
@@ -121,6 +147,11 @@ def _gaps(state: Dict[str, Any]) -> Dict[str, Any]:
     for m in DETECTION[1:]:
         if m in det and "random" in det:
             out["detection_AP"][m] = round(det[m]["AP"] - det["random"]["AP"], 2)
+            ours, rand = det[m].get("AP_per_seed", {}), det["random"].get("AP_per_seed", {})
+            paired = [s for s in ours if s in rand]
+            if paired:
+                wins = sum(ours[s] > rand[s] for s in paired)
+                out.setdefault("detection_seeds_beating_random", {})[m] = f"{wins}/{len(paired)}"
     return out
 
 
@@ -144,6 +175,7 @@ def main(args) -> Dict[str, Any]:
     state["settings"] = {"seed": args.seed, "train_crops": len(train), "val_crops": len(val),
                          "tail_classes": tail.tolist(), "tail_groups": "r+c",
                          "epochs": base.PRETRAIN.SOLVER.EPOCHS, "det_iters": args.det_iters,
+                         "det_seeds": args.det_seeds,
                          "input_size": base.PRETRAIN.DATA.INPUT_SIZE, "arch": "resnet18",
                          # timings depend on these (e.g. AVX2 vs AVX-512 kernels on CPU)
                          "machine": {"threads": args.threads, "torch": torch.__version__,
@@ -176,20 +208,24 @@ def main(args) -> Dict[str, Any]:
         atomic_write_json(state_path, state, indent=1)
         logger.info("%s linear probe: %s", method, state["linear_probe"][method])
 
-    for name in DETECTION:
-        if name in state["detection"] or args.det_iters <= 0:
-            continue
-        t = time.perf_counter()
-        weights = ""
-        if name != "random":
-            ckpt = os.path.join(args.work_dir, "pretrain", name, "checkpoint_last.pth.tar")
-            weights = os.path.join(args.work_dir, "pretrain", name, "backbone_d2.pkl")
-            report = convert_checkpoint(ckpt, weights, name)  # errors unless fully covered
-            state.setdefault("conversion", {})[name] = report.summary()
-        state["detection"][name] = _detect(name, weights, args, names)
-        state["timing_s"][f"detection_{name}"] = round(time.perf_counter() - t, 1)
-        atomic_write_json(state_path, state, indent=1)
-        logger.info("%s detection: %s", name, state["detection"][name])
+    det_seeds = [str(args.seed + k) for k in range(args.det_seeds)]
+    for name in DETECTION if args.det_iters > 0 else ():
+        runs = state.setdefault("detection_runs", {}).setdefault(name, {})
+        for seed in det_seeds:
+            if seed in runs:
+                continue
+            t = time.perf_counter()
+            weights = ""
+            if name != "random":
+                ckpt = os.path.join(args.work_dir, "pretrain", name, "checkpoint_last.pth.tar")
+                weights = os.path.join(args.work_dir, "pretrain", name, "backbone_d2.pkl")
+                report = convert_checkpoint(ckpt, weights, name)  # errors unless fully covered
+                state.setdefault("conversion", {})[name] = report.summary()
+            runs[seed] = _detect(name, weights, args, names, int(seed))
+            state["timing_s"][f"detection_{name}_seed{seed}"] = round(time.perf_counter() - t, 1)
+            atomic_write_json(state_path, state, indent=1)
+            logger.info("%s detection, seed %s: %s", name, seed, runs[seed])
+        state["detection"][name] = _mean_over_seeds({s: runs[s] for s in det_seeds if s in runs})
     state["vs_random"] = _gaps(state)
     state["timing_s"]["total_this_invocation"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(args.out, state, indent=1)
@@ -202,6 +238,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="LT-Shapes world seed and training seed")
     p.add_argument("--epochs", type=int, default=0, help="pre-training epochs (0: config's)")
     p.add_argument("--det-iters", type=int, default=400, help="detection iterations (0: skip)")
+    p.add_argument("--det-seeds", type=int, default=1,
+                   help="detection runs per initialisation, seeds SEED, SEED+1, ...; AP is their "
+                        "mean (one run takes about 5 min on 2 CPU cores)")
     p.add_argument("--work-dir", default="output/bench_pretrain_lt_shapes",
                    help="intermediate results and checkpoints (resumed when present)")
     p.add_argument("--threads", type=int, default=2)
@@ -210,7 +249,10 @@ def parse_args(argv=None):
     p.add_argument("--val-images", type=int, default=0, help="(0: the default 400)")
     p.add_argument("--pretrain-opts", nargs="*", default=[],
                    help="KEY VALUE overrides applied to every pre-training config")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.det_seeds < 1:
+        p.error(f"--det-seeds must be at least 1, got {args.det_seeds}")
+    return args
 
 
 if __name__ == "__main__":
