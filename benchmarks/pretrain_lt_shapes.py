@@ -110,6 +110,20 @@ def _detect(name: str, weights: str, args, names, seed: int) -> Dict[str, float]
     return {k: bbox[k] for k in ("AP", "AP50", "AP75", "APr", "APc", "APf") if k in bbox}
 
 
+def _converted(name: str, args, state: Dict[str, Any]) -> str:
+    """Detectron2 weights of one initialisation: "" for random, else the method's last
+    pre-training checkpoint converted (once; an error unless fully covered)."""
+    if name == "random":
+        return ""
+    directory = os.path.join(args.work_dir, "pretrain", name)
+    weights = os.path.join(directory, "backbone_d2.pkl")
+    if name not in state.get("conversion", {}) or not os.path.isfile(weights):
+        report = convert_checkpoint(os.path.join(directory, "checkpoint_last.pth.tar"), weights,
+                                    name)
+        state.setdefault("conversion", {})[name] = report.summary()
+    return weights
+
+
 def _mean_over_seeds(runs: Dict[str, Dict[str, float]]) -> Dict[str, Any]:
     """Detection metrics averaged over training seeds.
 
@@ -208,24 +222,24 @@ def main(args) -> Dict[str, Any]:
         atomic_write_json(state_path, state, indent=1)
         logger.info("%s linear probe: %s", method, state["linear_probe"][method])
 
-    det_seeds = [str(args.seed + k) for k in range(args.det_seeds)]
-    for name in DETECTION if args.det_iters > 0 else ():
-        runs = state.setdefault("detection_runs", {}).setdefault(name, {})
-        for seed in det_seeds:
-            if seed in runs:
+    # seed-major, so that a run stopped early still has every initialisation on the same seeds
+    det_seeds = [str(args.seed + k) for k in range(args.det_seeds)] if args.det_iters > 0 else []
+    runs = {name: state.setdefault("detection_runs", {}).setdefault(name, {})
+            for name in DETECTION}
+    for seed in det_seeds:
+        for name in DETECTION:
+            if seed in runs[name]:
                 continue
             t = time.perf_counter()
-            weights = ""
-            if name != "random":
-                ckpt = os.path.join(args.work_dir, "pretrain", name, "checkpoint_last.pth.tar")
-                weights = os.path.join(args.work_dir, "pretrain", name, "backbone_d2.pkl")
-                report = convert_checkpoint(ckpt, weights, name)  # errors unless fully covered
-                state.setdefault("conversion", {})[name] = report.summary()
-            runs[seed] = _detect(name, weights, args, names, int(seed))
+            runs[name][seed] = _detect(name, _converted(name, args, state), args, names,
+                                       int(seed))
             state["timing_s"][f"detection_{name}_seed{seed}"] = round(time.perf_counter() - t, 1)
             atomic_write_json(state_path, state, indent=1)
-            logger.info("%s detection, seed %s: %s", name, seed, runs[seed])
-        state["detection"][name] = _mean_over_seeds({s: runs[s] for s in det_seeds if s in runs})
+            logger.info("%s detection, seed %s: %s", name, seed, runs[name][seed])
+    for name in DETECTION:  # averages over the seeds asked for this time
+        done = {s: runs[name][s] for s in det_seeds if s in runs[name]}
+        if done:
+            state["detection"][name] = _mean_over_seeds(done)
     state["vs_random"] = _gaps(state)
     state["timing_s"]["total_this_invocation"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(args.out, state, indent=1)

@@ -90,3 +90,11 @@ def test_benchmark_end_to_end_on_a_tiny_world(bench, tmp_path):
     assert json.dumps(again["detection"], sort_keys=True) == \
         json.dumps(state["detection"], sort_keys=True)
     assert again["timing_s"]["detection_iccl_seed1"] == state["timing_s"]["detection_iccl_seed1"]
+    # asking for one seed afterwards re-averages the stored runs over that seed only
+    one_seed = list(args)
+    one_seed[one_seed.index("--det-seeds") + 1] = "1"
+    first = bench.main(bench.parse_args(one_seed))
+    for name, det in first["detection"].items():
+        assert json.dumps(det["AP_per_seed"]) == \
+            json.dumps({"0": state["detection"][name]["AP_per_seed"]["0"]})
+        assert "AP_std" not in det
