@@ -36,6 +36,18 @@ def test_gaps_against_random_and_instance_only(bench):
     gaps = bench._gaps(state)
     assert gaps["detection_AP"] == {"iccl": 0.5}
     assert gaps["detection_seeds_beating_random"] == {"iccl": "2/3"}  # a tie is not a win
+    # low-shot probes: per k, against random initialisation's probe with the same k
+    state["linear_probe_low_shot"] = {
+        "random": {"1": {"acc": 30.0, "balanced_acc": 35.5, "tail_acc": 32.0},
+                   "4": {"acc": 60.0, "balanced_acc": 50.0, "tail_acc": 45.0}},
+        "pcl": {"1": {"acc": 52.25, "balanced_acc": 55.0, "tail_acc": 50.0, "acc_std": 3.0},
+                "4": {"acc": 66.0, "balanced_acc": 66.5, "tail_acc": 63.0}},
+        "mopro": {"1": {"acc": 70.0, "balanced_acc": 72.0, "tail_acc": 71.0},
+                  "16": {"acc": 90.0}}}
+    assert bench._gaps(state)["linear_probe_low_shot"] == {
+        "pcl": {"1": {"acc": 22.25, "balanced_acc": 19.5, "tail_acc": 18.0},
+                "4": {"acc": 6.0, "balanced_acc": 16.5, "tail_acc": 18.0}},
+        "mopro": {"1": {"acc": 40.0, "balanced_acc": 36.5, "tail_acc": 39.0}}}  # no random k=16
     # stages not run yet are simply absent
     assert bench._gaps({"linear_probe": {}, "detection": {}}) == {"linear_probe": {},
                                                                  "detection_AP": {}}
@@ -52,11 +64,14 @@ def test_detection_mean_over_seeds(bench):
     assert one == {"AP": 8.25, "AP_per_seed": {"4": 8.25}}  # no std from one run
 
 
-def test_det_seeds_must_be_positive(bench, capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--det-seeds", "0"], "--det-seeds must be at least 1, got 0"),
+    (["--shots", "4", "0"], "--shots must be at least 1, got 0")])
+def test_bad_counts_are_rejected(bench, capsys, argv, message):
     with pytest.raises(SystemExit) as err:
-        bench.parse_args(["--out", "r.json", "--det-seeds", "0"])
+        bench.parse_args(["--out", "r.json"] + argv)
     assert err.value.code == 2
-    assert "--det-seeds must be at least 1, got 0" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -66,7 +81,7 @@ def test_benchmark_end_to_end_on_a_tiny_world(bench, tmp_path):
     stage from state.json."""
     args = ["--out", str(tmp_path / "r.json"), "--work-dir", str(tmp_path / "work"),
             "--epochs", "1", "--det-iters", "2", "--det-seeds", "2", "--threads", "1",
-            "--train-images", "40", "--val-images", "10",
+            "--train-images", "40", "--val-images", "10", "--shots", "1", "2",
             "--pretrain-opts", "PRETRAIN.SOLVER.BATCH_SIZE", "32"]
     state = bench.main(bench.parse_args(args))
     probe = state["linear_probe"]
@@ -75,6 +90,10 @@ def test_benchmark_end_to_end_on_a_tiny_world(bench, tmp_path):
         assert {"acc", "balanced_acc", "tail_acc"} <= set(result)
         assert 0.0 <= result["acc"] <= 100.0
     assert state["settings"]["machine"]["threads"] == 1
+    for result in state["linear_probe_low_shot"].values():
+        assert set(result) == {"1", "2"}
+        assert result["1"]["num_train_samples"] < result["2"]["num_train_samples"]
+    assert set(state["vs_random"]["linear_probe_low_shot"]["pcl"]) == {"1", "2"}
     assert set(state["vs_random"]["linear_probe"]) == {"instance_only", "pcl", "mopro", "iccl"}
     for name in ("random", "pcl", "mopro", "iccl"):
         det = state["detection"][name]
@@ -90,6 +109,16 @@ def test_benchmark_end_to_end_on_a_tiny_world(bench, tmp_path):
     assert json.dumps(again["detection"], sort_keys=True) == \
         json.dumps(state["detection"], sort_keys=True)
     assert again["timing_s"]["detection_iccl_seed1"] == state["timing_s"]["detection_iccl_seed1"]
+    # a state without low-shot probes (an older run) gets them from the stored checkpoints
+    state_path = tmp_path / "work" / "state.json"
+    stored = json.loads(state_path.read_text())
+    del stored["linear_probe_low_shot"]
+    state_path.write_text(json.dumps(stored))
+    upgraded = bench.main(bench.parse_args(args))
+    assert upgraded["linear_probe"] == probe  # same encoders, same full probes
+    assert upgraded["linear_probe_low_shot"] == state["linear_probe_low_shot"]
+    for stage in ("pretrain_pcl", "pretrain_iccl"):
+        assert upgraded["timing_s"][stage] == state["timing_s"][stage]  # nothing retrained
     # asking for one seed afterwards re-averages the stored runs over that seed only
     one_seed = list(args)
     one_seed[one_seed.index("--det-seeds") + 1] = "1"

@@ -1,15 +1,18 @@
 # Copyright (c) det_ext authors.
 """Linear probe: a linear classifier trained on frozen pooled features of training samples and
-evaluated on held-out samples (overall, class-balanced and tail-class accuracy)."""
+evaluated on held-out samples (overall, class-balanced and tail-class accuracy), with all the
+training samples or, as in PCL's low-shot evaluation, k of each class."""
 from __future__ import annotations
 
 import logging
+import statistics
 from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["train_linear_probe", "probe_accuracy", "tail_classes"]
+__all__ = ["train_linear_probe", "probe_accuracy", "tail_classes", "low_shot_indices",
+           "low_shot_probe"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,4 +85,61 @@ def probe_accuracy(clf: torch.nn.Linear, feats: torch.Tensor, labels: torch.Tens
         out["tail_acc"] = 100.0 * float(correct[mask].mean()) if mask.any() else float("nan")
         out["num_tail_samples"] = int(mask.sum())
     out["num_samples"] = int(len(labels))
+    return out
+
+
+def low_shot_indices(labels: torch.Tensor, shots: int, generator: torch.Generator
+                     ) -> torch.Tensor:
+    """``shots`` samples of every class present in ``labels`` (all of a class that has fewer),
+    drawn uniformly without replacement.
+
+    Args:
+        labels (Tensor): [N] classes.
+
+    Returns:
+        Tensor: [sum_c min(shots, n_c)] indices into ``labels``, grouped by class.
+    """
+    if shots < 1:
+        raise ValueError(f"low-shot probe: shots must be at least 1, got {shots}")
+    picked = []
+    for c in labels.unique().tolist():
+        members = torch.nonzero(labels == c).flatten()
+        picked.append(members[torch.randperm(len(members), generator=generator)[:shots]])
+    return torch.cat(picked)
+
+
+def low_shot_probe(train_feats: torch.Tensor, train_labels: torch.Tensor,
+                   val_feats: torch.Tensor, val_labels: torch.Tensor, num_classes: int,
+                   shots: Sequence[int] = (1, 2, 4, 8, 16), draws: int = 5, seed: int = 0,
+                   tail: Optional[torch.Tensor] = None) -> Dict[str, Dict[str, float]]:
+    """Linear probes trained on k samples per class, averaged over random draws of the samples
+    (the low-shot protocol of PCL, Li et al., ICLR 2021: k in 1-16, 5 draws), each evaluated on
+    all of ``val_feats``.
+
+    Draw ``d`` of every k uses a generator seeded with ``seed + d``, so that two encoders probed
+    with the same seed see the same training samples.
+
+    Args:
+        train_feats (Tensor): [N, d] frozen features of the training samples.
+        train_labels (Tensor): [N] their classes.
+        val_feats (Tensor): [M, d] frozen features of the evaluation samples.
+        val_labels (Tensor): [M] their classes.
+
+    Returns:
+        ``{str(k): {"acc", "balanced_acc", "tail_acc", "acc_std", "num_train_samples"}}``, the
+        means over the draws (percent) and the sample standard deviation of ``acc``.
+    """
+    out: Dict[str, Dict[str, float]] = {}
+    for k in shots:
+        results = []
+        for draw in range(draws):
+            idx = low_shot_indices(train_labels, k, torch.Generator().manual_seed(seed + draw))
+            clf = train_linear_probe(train_feats[idx], train_labels[idx], num_classes, seed=seed)
+            results.append(probe_accuracy(clf, val_feats, val_labels, tail))
+        metrics = [m for m in ("acc", "balanced_acc", "tail_acc") if m in results[0]]
+        out[str(k)] = {m: statistics.fmean(r[m] for r in results) for m in metrics}
+        if draws > 1:
+            out[str(k)]["acc_std"] = statistics.stdev(r["acc"] for r in results)
+        out[str(k)]["num_train_samples"] = len(idx)
+        logger.info("low-shot probe, %d per class: %s", k, out[str(k)])
     return out
