@@ -43,6 +43,8 @@ def test_low_shot_probe_separable_and_noisy_features():
     curve = low_shot_probe(noisy, labels, val, val_labels, 4, shots=(1, 16), draws=5)
     assert curve["16"]["acc"] > curve["1"]["acc"] + 5
     assert "tail_acc" not in curve["1"]
+    with pytest.raises(ValueError, match="draws must be at least 1, got 0"):
+        low_shot_probe(noisy, labels, val, val_labels, 4, shots=(1,), draws=0)
 
 
 def test_low_shot_probe_is_the_mean_of_its_draws():

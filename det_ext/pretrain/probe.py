@@ -129,6 +129,8 @@ def low_shot_probe(train_feats: torch.Tensor, train_labels: torch.Tensor,
         ``{str(k): {"acc", "balanced_acc", "tail_acc", "acc_std", "num_train_samples"}}``, the
         means over the draws (percent) and the sample standard deviation of ``acc``.
     """
+    if draws < 1:
+        raise ValueError(f"low-shot probe: draws must be at least 1, got {draws}")
     out: Dict[str, Dict[str, float]] = {}
     for k in shots:
         results = []
