@@ -51,8 +51,8 @@ from det_ext.pretrain.cli import build_pretrain_config
 from det_ext.pretrain.convert import convert_checkpoint
 from det_ext.pretrain.data import build_transforms, load_sample_set, with_label_noise
 from det_ext.pretrain.encoder import ResNetEncoder
-from det_ext.pretrain.probe import (low_shot_probe, probe_accuracy, tail_classes,
-                                    train_linear_probe)
+from det_ext.pretrain.probe import (ACCURACY_KEYS, low_shot_probe, probe_accuracy,
+                                    tail_classes, train_linear_probe)
 from det_ext.pretrain.train import PretrainRunner, compute_features
 from det_ext.utils.io import atomic_write_json
 
@@ -166,7 +166,7 @@ def _mean_over_seeds(runs: Dict[str, Dict[str, float]]) -> Dict[str, Any]:
 
 def _differences(ours: Dict[str, float], reference: Dict[str, float]) -> Dict[str, float]:
     """Accuracy differences (points) for the probe metrics both results have."""
-    return {k: round(ours[k] - reference[k], 2) for k in ("acc", "balanced_acc", "tail_acc")
+    return {k: round(ours[k] - reference[k], 2) for k in ACCURACY_KEYS
             if k in ours and k in reference}
 
 
@@ -176,12 +176,11 @@ def _gaps(state: Dict[str, Any]) -> Dict[str, Any]:
     seeds) minus random's, and in how many seeds each backbone beat random initialisation trained
     with the same seed (same head initialisation and data order)."""
     probe, det = state["linear_probe"], state["detection"]
+    low_shot = state.get("linear_probe_low_shot", {})
     out: Dict[str, Any] = {"linear_probe": {}, "detection_AP": {}}
     for m in METHODS:
         if m in probe and "random" in probe:
             out["linear_probe"][m] = _differences(probe[m], probe["random"])
-    low_shot = state.get("linear_probe_low_shot", {})
-    for m in METHODS:
         if m in low_shot and "random" in low_shot:
             out.setdefault("linear_probe_low_shot", {})[m] = {
                 k: _differences(r, low_shot["random"][k])

@@ -12,9 +12,12 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["train_linear_probe", "probe_accuracy", "tail_classes", "low_shot_indices",
-           "low_shot_probe"]
+           "low_shot_probe", "ACCURACY_KEYS"]
 
 logger = logging.getLogger(__name__)
+
+# the accuracies (percent) that probe_accuracy reports; "tail_acc" only when given tail classes
+ACCURACY_KEYS = ("acc", "balanced_acc", "tail_acc")
 
 
 def tail_classes(class_frequency: Optional[Sequence[str]], groups: Sequence[str] = ("r", "c")
@@ -138,7 +141,7 @@ def low_shot_probe(train_feats: torch.Tensor, train_labels: torch.Tensor,
             idx = low_shot_indices(train_labels, k, torch.Generator().manual_seed(seed + draw))
             clf = train_linear_probe(train_feats[idx], train_labels[idx], num_classes, seed=seed)
             results.append(probe_accuracy(clf, val_feats, val_labels, tail))
-        metrics = [m for m in ("acc", "balanced_acc", "tail_acc") if m in results[0]]
+        metrics = [m for m in ACCURACY_KEYS if m in results[0]]
         out[str(k)] = {m: statistics.fmean(r[m] for r in results) for m in metrics}
         if draws > 1:
             out[str(k)]["acc_std"] = statistics.stdev(r["acc"] for r in results)
