@@ -11,9 +11,12 @@ random initialisation, same schedule.
 Reduced CPU schedule (see docs/backbones.md): configs/pretrain/*_R18_lt_shapes.yaml (48 px inputs,
 batch 128, --epochs epochs), detection --det-iters iterations of 8 images, repeated with
 --det-seeds training seeds (box AP = their mean; the same seed gives every initialisation the same
-head initialisation and data order, so the runs pair up). Every stage's result is
-kept in WORK_DIR/state.json and pre-training resumes from its last epoch, so a killed run picks up
-where it stopped. Output (percent)::
+head initialisation and data order, so the runs pair up). The stages (pre-trainings with their
+probes, then detectors) run --jobs at a time in worker processes, one per core by default
+(det_ext/pretrain/lt_shapes_benchmark.py); each is seeded on its own, so the results do not
+depend on --jobs, only on the torch threads per stage. Every stage's result is kept in
+WORK_DIR/state.json as it finishes and pre-training resumes from its last epoch, so a killed run
+picks up where it stopped. Output (percent)::
 
     {"linear_probe": {"random": {"acc", "balanced_acc", "tail_acc"}, "instance_only": ...,
                       "pcl": ..., "mopro": ..., "iccl": ...},
@@ -30,7 +33,7 @@ Usage::
 
     flock /tmp/det_ext_heavy.lock python benchmarks/pretrain_lt_shapes.py --out results.json \
         [--seed 0] [--epochs 6] [--det-iters 400] [--det-seeds 1] [--shots 1 2 4 8 16] \
-        [--work-dir output/bench_pretrain]
+        [--work-dir output/bench_pretrain] [--threads 2] [--jobs 0]
 """
 from __future__ import annotations
 
@@ -40,26 +43,24 @@ import logging
 import os
 import statistics
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 from detectron2.utils.logger import setup_logger
 
-from det_ext.data import LTShapesSpec, register_lt_shapes
-from det_ext.engine import DetExtTrainer, build_config, run_cli
-from det_ext.pretrain.cli import build_pretrain_config
-from det_ext.pretrain.convert import convert_checkpoint
-from det_ext.pretrain.data import build_transforms, load_sample_set, with_label_noise
-from det_ext.pretrain.encoder import ResNetEncoder
-from det_ext.pretrain.probe import (ACCURACY_KEYS, low_shot_probe, probe_accuracy,
-                                    tail_classes, train_linear_probe)
-from det_ext.pretrain.train import PretrainRunner, compute_features
+from det_ext.data.datasets import ensure_lt_shapes_generated
+from det_ext.engine import run_cli
+from det_ext.pretrain.lt_shapes_benchmark import (DETECTION, METHODS, converted_weights_path,
+                                                  init_worker, pretrain_config,
+                                                  register_datasets, run_stage)
+from det_ext.pretrain.probe import ACCURACY_KEYS
 from det_ext.utils.io import atomic_write_json
+from det_ext.utils.jobs import Job, run_jobs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ("instance_only", "pcl", "mopro", "iccl")
-DETECTION = ("random", "pcl", "mopro", "iccl")
 logger = logging.getLogger("det_ext.bench")
+# pre-trainings from the longest (ICCL encodes three batches per step) to the shortest, so that
+# parallel workers finish together
+PRETRAIN_ORDER = ("iccl", "pcl", "instance_only", "mopro")
 
 
 def _state(path: str) -> Dict[str, Any]:
@@ -69,80 +70,55 @@ def _state(path: str) -> Dict[str, Any]:
     return {"linear_probe": {}, "detection": {}, "timing_s": {}}
 
 
-def _datasets(args) -> Dict[str, str]:
-    if not (args.train_images or args.val_images):
-        if args.seed == 0:
-            return register_lt_shapes()
-        return register_lt_shapes(LTShapesSpec(seed=args.seed), prefix=f"lt_shapes_seed{args.seed}")
-    spec = LTShapesSpec(seed=args.seed, num_train_images=args.train_images or 2500,
-                        num_val_images=args.val_images or 400)
-    return register_lt_shapes(spec, prefix=f"lt_shapes_bench_{spec.digest()}")
-
-
-def _pretrain_cfg(method: str, args, names):
-    opts = ["OUTPUT_DIR", os.path.join(args.work_dir, "pretrain", method), "SEED", str(args.seed),
-            "PRETRAIN.DATA.DATASETS", f"('{names['train']}',)"]
-    if args.epochs:
-        opts += ["PRETRAIN.SOLVER.EPOCHS", str(args.epochs)]
-    opts += list(args.pretrain_opts)
-    return build_pretrain_config(os.path.join(REPO, "configs", "pretrain",
-                                              f"{method}_R18_lt_shapes.yaml"), opts)
-
-
-def _probe(name: str, encoder, data, args, state: Dict[str, Any]) -> None:
-    """Linear probes of one encoder's frozen features into ``state``: trained on every training
-    crop (``linear_probe``) and on ``args.shots`` crops per class (``linear_probe_low_shot``).
-
-    Args:
-        data: (train, val, tail, transform) of the benchmark.
-    """
-    train, val, tail, transform = data
-    f_tr = compute_features(encoder, train.images, transform, key="features")
-    f_va = compute_features(encoder, val.images, transform, key="features")
-    clf = train_linear_probe(f_tr, train.clean_labels, train.num_classes, seed=args.seed)
-    state["linear_probe"][name] = probe_accuracy(clf, f_va, val.clean_labels, tail)
-    state.setdefault("linear_probe_low_shot", {})[name] = low_shot_probe(
-        f_tr, train.clean_labels, f_va, val.clean_labels, train.num_classes, shots=args.shots,
-        seed=args.seed, tail=tail)
-
-
 def _probed(name: str, args, state: Dict[str, Any]) -> bool:
     """Whether ``state`` has every probe of ``name`` that this invocation asks for."""
     low_shot = state.get("linear_probe_low_shot", {}).get(name, {})
     return name in state["linear_probe"] and all(str(k) in low_shot for k in args.shots)
 
 
-def _detect(name: str, weights: str, args, names, seed: int) -> Dict[str, float]:
-    out = os.path.join(args.work_dir, "detection", name, f"seed{seed}")
-    opts = ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", out, "SEED", str(seed),
-            "DATASETS.TRAIN", f"('{names['train']}',)", "DATASETS.TEST", f"('{names['val']}',)",
-            "SOLVER.MAX_ITER", str(args.det_iters),
-            "SOLVER.STEPS", str(tuple(sorted({s for s in (int(args.det_iters * 0.75),
-                                                           int(args.det_iters * 0.9))
-                                              if 0 < s < args.det_iters}))),
-            "SOLVER.WARMUP_ITERS", str(min(100, args.det_iters // 4)), "TEST.EVAL_PERIOD", "0"]
-    cfg = build_config(os.path.join(REPO, "configs/LT-Shapes/pretrained_R18_FPN_tiny.yaml"), opts)
-    os.makedirs(out, exist_ok=True)
-    trainer = DetExtTrainer(cfg)
-    trainer.resume_or_load(resume=True)
-    trainer.train()
-    with open(os.path.join(out, "metrics.json")) as f:
-        bbox = json.load(f)["bbox"]
-    return {k: bbox[k] for k in ("AP", "AP50", "AP75", "APr", "APc", "APf") if k in bbox}
+def _detection_seeds(args) -> List[str]:
+    return [str(args.seed + k) for k in range(args.det_seeds)] if args.det_iters > 0 else []
 
 
-def _converted(name: str, args, state: Dict[str, Any]) -> str:
-    """Detectron2 weights of one initialisation: "" for random, else the method's last
-    pre-training checkpoint converted (once; an error unless fully covered)."""
-    if name == "random":
-        return ""
-    directory = os.path.join(args.work_dir, "pretrain", name)
-    weights = os.path.join(directory, "backbone_d2.pkl")
-    if name not in state.get("conversion", {}) or not os.path.isfile(weights):
-        report = convert_checkpoint(os.path.join(directory, "checkpoint_last.pth.tar"), weights,
-                                    name)
-        state.setdefault("conversion", {})[name] = report.summary()
-    return weights
+def _pending_jobs(args, state: Dict[str, Any]) -> List[Job]:
+    """The stages this invocation still has to run, longest first where the order is free:
+    pre-trainings (each with its probes), the random network's probes, then the detectors,
+    seed-major, each after its backbone's pre-training."""
+    jobs = [Job(f"pretrain_{m}", ("pretrain", m)) for m in PRETRAIN_ORDER
+            if not _probed(m, args, state)]
+    if not _probed("random", args, state):
+        jobs.append(Job("probe_random", ("probe_random",)))
+    runs = state.get("detection_runs", {})
+    for seed in _detection_seeds(args):
+        for name in DETECTION:
+            if seed in runs.get(name, {}):
+                continue
+            weights = converted_weights_path(name, args.work_dir)
+            convert = bool(weights) and (name not in state.get("conversion", {})
+                                         or not os.path.isfile(weights))
+            jobs.append(Job(f"detection_{name}_seed{seed}", ("detect", name, int(seed), convert),
+                            after=() if name == "random" else (f"pretrain_{name}",)))
+    return jobs
+
+
+def _record(state: Dict[str, Any], job: Job, result: Dict[str, Any]) -> None:
+    """Stores one finished stage's result in ``state``."""
+    kind, name = job.payload[0], (job.payload[1] if len(job.payload) > 1 else "random")
+    if kind == "detect":
+        seed = str(job.payload[2])
+        state.setdefault("detection_runs", {}).setdefault(name, {})[seed] = result["metrics"]
+        state["timing_s"][job.key] = result["seconds"]
+        if result["conversion"] is not None:
+            state.setdefault("conversion", {})[name] = result["conversion"]
+        return
+    state["linear_probe"][name] = result["linear_probe"]
+    state.setdefault("linear_probe_low_shot", {})[name] = result["linear_probe_low_shot"]
+    state["settings"].update(result["data"])
+    if "mopro_noise" in result:
+        state["mopro_noise"] = result["mopro_noise"]
+    # a pre-training that had finished before (probes added later) keeps its first timing
+    if kind == "pretrain" and not (result["trained_before"] and job.key in state["timing_s"]):
+        state["timing_s"][job.key] = result["seconds"]
 
 
 def _mean_over_seeds(runs: Dict[str, Dict[str, float]]) -> Dict[str, Any]:
@@ -202,73 +178,40 @@ def _gaps(state: Dict[str, Any]) -> Dict[str, Any]:
 def main(args) -> Dict[str, Any]:
     setup_logger(name="det_ext")
     setup_logger(name="detectron2")
-    torch.set_num_threads(args.threads)
+    jobs = args.jobs or args.threads
+    threads = max(1, args.threads // jobs)
+    torch.set_num_threads(threads)
     os.makedirs(args.work_dir, exist_ok=True)
     state_path = os.path.join(args.work_dir, "state.json")
     state = _state(state_path)
-    names = _datasets(args)
-    base = _pretrain_cfg("pcl", args, names)
     t0 = time.perf_counter()
-    masks = any(_pretrain_cfg(m, args, names).PRETRAIN.AUG.BACKGROUND_SWAP_PROB > 0
-                for m in METHODS)  # instance masks and backgrounds for background swaps
-    train = load_sample_set(base.PRETRAIN.DATA, datasets=[names["train"]], noise=False,
-                            masks=masks)
-    val = load_sample_set(base.PRETRAIN.DATA, datasets=[names["val"]], noise=False)
-    tail = tail_classes(train.class_frequency)
-    transform = build_transforms(base.PRETRAIN.AUG, base.PRETRAIN.DATA.INPUT_SIZE, "eval")
-    state["settings"] = {"seed": args.seed, "train_crops": len(train), "val_crops": len(val),
-                         "tail_classes": tail.tolist(), "tail_groups": "r+c",
-                         "epochs": base.PRETRAIN.SOLVER.EPOCHS, "det_iters": args.det_iters,
-                         "det_seeds": args.det_seeds, "low_shot": args.shots,
-                         "input_size": base.PRETRAIN.DATA.INPUT_SIZE, "arch": "resnet18",
-                         # timings depend on these (e.g. AVX2 vs AVX-512 kernels on CPU)
-                         "machine": {"threads": args.threads, "torch": torch.__version__,
-                                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                                     "cuda": torch.cuda.is_available()}}
-    logger.info("LT-Shapes crops: %d train, %d val (%.1fs); tail classes %s", len(train), len(val),
-                time.perf_counter() - t0, tail.tolist())
+    names = register_datasets(args)
+    ensure_lt_shapes_generated(names["train"])  # once, before the workers start
+    base = pretrain_config("pcl", args, names)
+    state["settings"] = {
+        **state.get("settings", {}),  # keeps the crop counts of stages run before
+        "seed": args.seed, "tail_groups": "r+c", "epochs": base.PRETRAIN.SOLVER.EPOCHS,
+        "det_iters": args.det_iters, "det_seeds": args.det_seeds, "low_shot": args.shots,
+        "input_size": base.PRETRAIN.DATA.INPUT_SIZE, "arch": "resnet18",
+        # timings depend on these (e.g. AVX2 vs AVX-512 kernels on CPU)
+        "machine": {"threads": threads, "processes": jobs, "torch": torch.__version__,
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "cuda": torch.cuda.is_available()}}
 
-    data = (train, val, tail, transform)
-    if not _probed("random", args, state):
-        torch.manual_seed(args.seed)
-        _probe("random", ResNetEncoder("resnet18", "mlp", 128), data, args, state)
-        atomic_write_json(state_path, state, indent=1)
-    for method in METHODS:
-        if _probed(method, args, state):
-            continue
-        t = time.perf_counter()
-        cfg = _pretrain_cfg(method, args, names)
-        samples = with_label_noise(train, cfg.PRETRAIN.DATA, seed=args.seed)
-        runner = PretrainRunner(cfg, samples)
-        trained_before = runner.resume() and runner.start_epoch >= cfg.PRETRAIN.SOLVER.EPOCHS
-        history = runner.train()  # nothing left to train for a finished pre-training
-        if method == "mopro":
-            state.setdefault("mopro_noise", {})["label_noise_rate"] = \
-                float((samples.labels != samples.clean_labels).float().mean())
-            state["mopro_noise"]["last_epoch"] = history[-1]
-        _probe(method, runner.model.encoder_q, data, args, state)
-        key = f"pretrain_{method}"
-        if not (trained_before and key in state["timing_s"]):  # a probe added later keeps it
-            state["timing_s"][key] = round(time.perf_counter() - t, 1)
-        atomic_write_json(state_path, state, indent=1)
-        logger.info("%s linear probe: %s", method, state["linear_probe"][method])
+    def record(job: Job, result: Dict[str, Any]) -> None:
+        _record(state, job, result)
+        atomic_write_json(state_path, state, indent=1)  # a killed run resumes from here
 
-    # seed-major, so that a run stopped early still has every initialisation on the same seeds
-    det_seeds = [str(args.seed + k) for k in range(args.det_seeds)] if args.det_iters > 0 else []
-    runs = {name: state.setdefault("detection_runs", {}).setdefault(name, {})
-            for name in DETECTION}
-    for seed in det_seeds:
-        for name in DETECTION:
-            if seed in runs[name]:
-                continue
-            t = time.perf_counter()
-            runs[name][seed] = _detect(name, _converted(name, args, state), args, names,
-                                       int(seed))
-            state["timing_s"][f"detection_{name}_seed{seed}"] = round(time.perf_counter() - t, 1)
-            atomic_write_json(state_path, state, indent=1)
-            logger.info("%s detection, seed %s: %s", name, seed, runs[name][seed])
+    pending = _pending_jobs(args, state)
+    logger.info("%d stages to run, %d at a time with %d thread(s) each: %s", len(pending), jobs,
+                threads, [j.key for j in pending])
+    run_jobs(pending, run_stage, record, processes=jobs, initializer=init_worker,
+             initargs=(args, threads))
+
+    det_seeds = _detection_seeds(args)
     for name in DETECTION:  # averages over the seeds asked for this time
-        done = {s: runs[name][s] for s in det_seeds if s in runs[name]}
+        runs = state.get("detection_runs", {}).get(name, {})
+        done = {s: runs[s] for s in det_seeds if s in runs}
         if done:
             state["detection"][name] = _mean_over_seeds(done)
     state["vs_random"] = _gaps(state)
@@ -290,7 +233,11 @@ def parse_args(argv=None):
                    help="training crops per class of the low-shot linear probes")
     p.add_argument("--work-dir", default="output/bench_pretrain_lt_shapes",
                    help="intermediate results and checkpoints (resumed when present)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2,
+                   help="CPU threads in all (torch threads per stage = threads / jobs)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="stages run at once, each in its own process (0: one per thread); on a "
+                        "small CPU, one single-threaded stage per core gets more done per minute")
     p.add_argument("--train-images", type=int, default=0,
                    help="smaller LT-Shapes world (0: the default 2500 training images)")
     p.add_argument("--val-images", type=int, default=0, help="(0: the default 400)")
@@ -299,6 +246,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.det_seeds < 1:
         p.error(f"--det-seeds must be at least 1, got {args.det_seeds}")
+    if args.jobs < 0 or args.jobs > args.threads:
+        p.error(f"--jobs must be between 0 and --threads ({args.threads}), got {args.jobs}")
     if min(args.shots) < 1:
         p.error(f"--shots must be at least 1, got {min(args.shots)}")
     return args

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -74,22 +75,35 @@ def test_bad_counts_are_rejected(bench, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+TINY_ARGS = ["--epochs", "1", "--det-iters", "2", "--det-seeds", "2", "--train-images", "40",
+             "--val-images", "10", "--shots", "1", "2",
+             "--pretrain-opts", "PRETRAIN.SOLVER.BATCH_SIZE", "32"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(bench, tmp_path_factory):
+    """The whole benchmark (one epoch, 2 detection iterations with 2 seeds) on a 40-image world,
+    every stage in this process with one thread: (arguments, returned state)."""
+    work = tmp_path_factory.mktemp("bench")
+    args = ["--out", str(work / "r.json"), "--work-dir", str(work / "work"), "--threads", "1"]
+    args += TINY_ARGS
+    return args, bench.main(bench.parse_args(args))
+
+
 @pytest.mark.slow
-def test_benchmark_end_to_end_on_a_tiny_world(bench, tmp_path):
-    """The whole benchmark (one epoch, 2 detection iterations with 2 seeds) on a 40-image world:
-    the issue's JSON shape, the machine it ran on, and a second invocation that resumes every
+def test_benchmark_end_to_end_on_a_tiny_world(bench, tiny_run):
+    """The issue's JSON shape, the machine it ran on, and a second invocation that resumes every
     stage from state.json."""
-    args = ["--out", str(tmp_path / "r.json"), "--work-dir", str(tmp_path / "work"),
-            "--epochs", "1", "--det-iters", "2", "--det-seeds", "2", "--threads", "1",
-            "--train-images", "40", "--val-images", "10", "--shots", "1", "2",
-            "--pretrain-opts", "PRETRAIN.SOLVER.BATCH_SIZE", "32"]
-    state = bench.main(bench.parse_args(args))
+    args, state = tiny_run
+    tmp_path = Path(args[args.index("--work-dir") + 1]).parent
     probe = state["linear_probe"]
     assert set(probe) == {"random", "instance_only", "pcl", "mopro", "iccl"}
     for result in probe.values():
         assert {"acc", "balanced_acc", "tail_acc"} <= set(result)
         assert 0.0 <= result["acc"] <= 100.0
     assert state["settings"]["machine"]["threads"] == 1
+    assert state["settings"]["machine"]["processes"] == 1
+    assert state["settings"]["train_crops"] > 0 and state["settings"]["epochs"] == 1
     for result in state["linear_probe_low_shot"].values():
         assert set(result) == {"1", "2"}
         assert result["1"]["num_train_samples"] < result["2"]["num_train_samples"]
@@ -127,3 +141,28 @@ def test_benchmark_end_to_end_on_a_tiny_world(bench, tmp_path):
         assert json.dumps(det["AP_per_seed"]) == \
             json.dumps({"0": state["detection"][name]["AP_per_seed"]["0"]})
         assert "AP_std" not in det
+
+
+@pytest.mark.slow
+def test_parallel_stages_reproduce_the_sequential_run(bench, tiny_run, tmp_path):
+    """Two worker processes of one thread each (--threads 2 --jobs 2) give exactly the results
+    of the in-process run with one thread: every stage seeds itself, whatever ran before it."""
+    _, sequential = tiny_run
+    args = ["--out", str(tmp_path / "r.json"), "--work-dir", str(tmp_path / "work"),
+            "--threads", "2", "--jobs", "2"] + TINY_ARGS
+    state = bench.main(bench.parse_args(args))
+    assert state["settings"]["machine"]["threads"] == 1
+    assert state["settings"]["machine"]["processes"] == 2
+    for key in ("linear_probe", "linear_probe_low_shot", "detection", "vs_random", "conversion",
+                "mopro_noise"):
+        assert json.dumps(state[key], sort_keys=True) == \
+            json.dumps(sequential[key], sort_keys=True), key
+    stored = json.loads((tmp_path / "work" / "state.json").read_text())
+    assert set(stored["detection_runs"]["iccl"]) == {"0", "1"}  # recorded as each finished
+
+
+def test_jobs_must_fit_in_the_threads(bench, capsys):
+    with pytest.raises(SystemExit) as err:
+        bench.parse_args(["--out", "r.json", "--threads", "2", "--jobs", "3"])
+    assert err.value.code == 2
+    assert "--jobs must be between 0 and --threads (2), got 3" in capsys.readouterr().err
