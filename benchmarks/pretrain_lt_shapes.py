@@ -87,7 +87,7 @@ def _pending_jobs(args, state: Dict[str, Any]) -> List[Job]:
     jobs = [Job(f"pretrain_{m}", ("pretrain", m)) for m in PRETRAIN_ORDER
             if not _probed(m, args, state)]
     if not _probed("random", args, state):
-        jobs.append(Job("probe_random", ("probe_random",)))
+        jobs.append(Job("probe_random", ("probe", "random")))
     runs = state.get("detection_runs", {})
     for seed in _detection_seeds(args):
         for name in DETECTION:
@@ -103,7 +103,7 @@ def _pending_jobs(args, state: Dict[str, Any]) -> List[Job]:
 
 def _record(state: Dict[str, Any], job: Job, result: Dict[str, Any]) -> None:
     """Stores one finished stage's result in ``state``."""
-    kind, name = job.payload[0], (job.payload[1] if len(job.payload) > 1 else "random")
+    kind, name = job.payload[:2]
     if kind == "detect":
         seed = str(job.payload[2])
         state.setdefault("detection_runs", {}).setdefault(name, {})[seed] = result["metrics"]

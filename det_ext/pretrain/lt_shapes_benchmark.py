@@ -97,6 +97,7 @@ class BenchmarkStages:
         return self._data
 
     def data_summary(self) -> Dict[str, Any]:
+        """Crop counts and tail classes, for the results' ``settings``."""
         train, val, tail, _ = self.data()
         return {"train_crops": len(train), "val_crops": len(val), "tail_classes": tail.tolist()}
 
@@ -181,11 +182,12 @@ class BenchmarkStages:
                 "conversion": conversion}
 
     def run(self, stage: Tuple[Any, ...]) -> Dict[str, Any]:
-        """Runs one stage: ("probe_random",), ("pretrain", method) or
+        """Runs one stage: ("probe", "random"), ("pretrain", method) or
         ("detect", name, seed, convert)."""
-        kind, *params = stage
-        return {"probe_random": self.probe_random, "pretrain": self.pretrain,
-                "detect": self.detect}[kind](*params)
+        kind, name, *params = stage
+        if kind == "probe":  # without pre-training, only the random network is probed
+            return self.probe_random()
+        return {"pretrain": self.pretrain, "detect": self.detect}[kind](name, *params)
 
 
 _WORKER: Optional[BenchmarkStages] = None
