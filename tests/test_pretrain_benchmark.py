@@ -166,3 +166,11 @@ def test_jobs_must_fit_in_the_threads(bench, capsys):
         bench.parse_args(["--out", "r.json", "--threads", "2", "--jobs", "3"])
     assert err.value.code == 2
     assert "--jobs must be between 0 and --threads (2), got 3" in capsys.readouterr().err
+
+
+def test_every_pretrained_backbone_has_a_converter_format():
+    from det_ext.pretrain.convert import FORMAT_PREFIXES
+    from det_ext.pretrain.lt_shapes_benchmark import CONVERT_FORMAT, DETECTION, METHODS
+
+    for name in set(METHODS) | set(DETECTION) - {"random"}:
+        assert CONVERT_FORMAT[name] in FORMAT_PREFIXES, name

@@ -32,6 +32,8 @@ from .train import PretrainRunner, compute_features
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METHODS = ("instance_only", "pcl", "mopro", "iccl")
 DETECTION = ("random", "pcl", "mopro", "iccl")
+# checkpoint format of each method for the converter (the instance-only baseline is ICCL's model)
+CONVERT_FORMAT = {"instance_only": "iccl", "pcl": "pcl", "mopro": "mopro", "iccl": "iccl"}
 logger = logging.getLogger("det_ext.bench")
 
 
@@ -159,7 +161,7 @@ class BenchmarkStages:
         weights = converted_weights_path(name, args.work_dir)
         if weights and (convert or not os.path.isfile(weights)):
             checkpoint = os.path.join(os.path.dirname(weights), "checkpoint_last.pth.tar")
-            conversion = convert_checkpoint(checkpoint, weights, name).summary()
+            conversion = convert_checkpoint(checkpoint, weights, CONVERT_FORMAT[name]).summary()
         out = os.path.join(args.work_dir, "detection", name, f"seed{seed}")
         steps = sorted({s for s in (int(args.det_iters * 0.75), int(args.det_iters * 0.9))
                         if 0 < s < args.det_iters})
