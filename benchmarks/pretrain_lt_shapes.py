@@ -50,9 +50,8 @@ from detectron2.utils.logger import setup_logger
 
 from det_ext.data.datasets import ensure_lt_shapes_generated
 from det_ext.engine import run_cli
-from det_ext.pretrain.lt_shapes_benchmark import (DETECTION, METHODS, converted_weights_path,
-                                                  init_worker, pretrain_config,
-                                                  register_datasets, run_stage)
+from det_ext.pretrain.lt_shapes_benchmark import (DETECTION, METHODS, init_worker,
+                                                  pretrain_config, register_datasets, run_stage)
 from det_ext.pretrain.probe import ACCURACY_KEYS
 from det_ext.utils.io import atomic_write_json
 from det_ext.utils.jobs import Job, run_jobs
@@ -93,9 +92,8 @@ def _pending_jobs(args, state: Dict[str, Any]) -> List[Job]:
         for name in DETECTION:
             if seed in runs.get(name, {}):
                 continue
-            weights = converted_weights_path(name, args.work_dir)
-            convert = bool(weights) and (name not in state.get("conversion", {})
-                                         or not os.path.isfile(weights))
+            # a missing converted file is re-converted by the stage itself
+            convert = name != "random" and name not in state.get("conversion", {})
             jobs.append(Job(f"detection_{name}_seed{seed}", ("detect", name, int(seed), convert),
                             after=() if name == "random" else (f"pretrain_{name}",)))
     return jobs
