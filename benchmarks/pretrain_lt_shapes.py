@@ -32,7 +32,7 @@ picks up where it stopped. Output (percent)::
 Usage::
 
     flock /tmp/det_ext_heavy.lock python benchmarks/pretrain_lt_shapes.py --out results.json \
-        [--seed 0] [--epochs 6] [--det-iters 400] [--det-seeds 1] [--shots 1 2 4 8 16] \
+        [--seed 0] [--epochs 6] [--amp auto] [--det-iters 400] [--det-seeds 1] [--shots 1 2 4 8 16] \
         [--work-dir output/bench_pretrain] [--threads 2] [--jobs 0]
 """
 from __future__ import annotations
@@ -51,15 +51,16 @@ from detectron2.utils.logger import setup_logger
 from det_ext.data.datasets import ensure_lt_shapes_generated
 from det_ext.engine import run_cli
 from det_ext.pretrain.lt_shapes_benchmark import (DETECTION, METHODS, init_worker,
-                                                  pretrain_config, register_datasets, run_stage)
+                                                  pretrain_config, register_datasets,
+                                                  resolve_amp, run_stage)
 from det_ext.pretrain.probe import ACCURACY_KEYS
 from det_ext.utils.io import atomic_write_json
 from det_ext.utils.jobs import Job, run_jobs
 
 logger = logging.getLogger("det_ext.bench")
-# pre-trainings from the longest (ICCL encodes three batches per step) to the shortest, so that
-# parallel workers finish together
-PRETRAIN_ORDER = ("iccl", "pcl", "instance_only", "mopro")
+# pre-trainings from the longest (PCL: twice the epochs; ICCL encodes three batches per step) to
+# the shortest, so that parallel workers finish together
+PRETRAIN_ORDER = ("pcl", "iccl", "instance_only", "mopro")
 
 
 def _state(path: str) -> Dict[str, Any]:
@@ -179,18 +180,20 @@ def main(args) -> Dict[str, Any]:
     jobs = args.jobs or args.threads
     threads = max(1, args.threads // jobs)
     torch.set_num_threads(threads)
+    args.amp = resolve_amp(args.amp)  # once, so that every worker uses the same precision
     os.makedirs(args.work_dir, exist_ok=True)
     state_path = os.path.join(args.work_dir, "state.json")
     state = _state(state_path)
     t0 = time.perf_counter()
     names = register_datasets(args)
     ensure_lt_shapes_generated(names["train"])  # once, before the workers start
-    base = pretrain_config("pcl", args, names)
+    configs = {m: pretrain_config(m, args, names) for m in METHODS}
     state["settings"] = {
         **state.get("settings", {}),  # keeps the crop counts of stages run before
-        "seed": args.seed, "tail_groups": "r+c", "epochs": base.PRETRAIN.SOLVER.EPOCHS,
+        "seed": args.seed, "tail_groups": "r+c", "amp": args.amp,
+        "epochs": {m: c.PRETRAIN.SOLVER.EPOCHS for m, c in configs.items()},
         "det_iters": args.det_iters, "det_seeds": args.det_seeds, "low_shot": args.shots,
-        "input_size": base.PRETRAIN.DATA.INPUT_SIZE, "arch": "resnet18",
+        "input_size": configs["pcl"].PRETRAIN.DATA.INPUT_SIZE, "arch": "resnet18",
         # timings depend on these (e.g. AVX2 vs AVX-512 kernels on CPU)
         "machine": {"threads": threads, "processes": jobs, "torch": torch.__version__,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -222,7 +225,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="results JSON")
     p.add_argument("--seed", type=int, default=0, help="LT-Shapes world seed and training seed")
-    p.add_argument("--epochs", type=int, default=0, help="pre-training epochs (0: config's)")
+    p.add_argument("--epochs", type=int, default=0,
+                   help="pre-training epochs of every method (0: each config's)")
+    p.add_argument("--amp", choices=("auto", "bfloat16", "off"), default="auto",
+                   help="bfloat16 autocast in pre-training (auto: where the CPU has native "
+                        "bfloat16 instructions, or on a GPU); detection stays float32"),
     p.add_argument("--det-iters", type=int, default=400, help="detection iterations (0: skip)")
     p.add_argument("--det-seeds", type=int, default=1,
                    help="detection runs per initialisation, seeds SEED, SEED+1, ...; AP is their "

@@ -1,11 +1,15 @@
 # Copyright (c) det_ext authors.
 """The pre-training benchmark's summary of the issue's targets (hand-computed differences)."""
+import argparse
 import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
+
+from det_ext.pretrain.lt_shapes_benchmark import METHODS, pretrain_config, resolve_amp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,7 +107,9 @@ def test_benchmark_end_to_end_on_a_tiny_world(bench, tiny_run):
         assert 0.0 <= result["acc"] <= 100.0
     assert state["settings"]["machine"]["threads"] == 1
     assert state["settings"]["machine"]["processes"] == 1
-    assert state["settings"]["train_crops"] > 0 and state["settings"]["epochs"] == 1
+    assert state["settings"]["train_crops"] > 0
+    assert state["settings"]["epochs"] == {m: 1 for m in METHODS}
+    assert state["settings"]["amp"] == resolve_amp("auto")
     for result in state["linear_probe_low_shot"].values():
         assert set(result) == {"1", "2"}
         assert result["1"]["num_train_samples"] < result["2"]["num_train_samples"]
@@ -170,7 +176,23 @@ def test_jobs_must_fit_in_the_threads(bench, capsys):
 
 def test_every_pretrained_backbone_has_a_converter_format():
     from det_ext.pretrain.convert import FORMAT_PREFIXES
-    from det_ext.pretrain.lt_shapes_benchmark import CONVERT_FORMAT, DETECTION, METHODS
+    from det_ext.pretrain.lt_shapes_benchmark import CONVERT_FORMAT, DETECTION
 
     for name in set(METHODS) | set(DETECTION) - {"random"}:
         assert CONVERT_FORMAT[name] in FORMAT_PREFIXES, name
+
+
+def test_amp_choice_reaches_every_pretraining_config(monkeypatch):
+    names = {"train": "lt_shapes_train", "val": "lt_shapes_val"}
+    for amp, enabled in (("bfloat16", True), ("off", False)):
+        args = argparse.Namespace(work_dir="w", seed=0, amp=amp, epochs=0, pretrain_opts=[])
+        for method in METHODS:
+            solver = pretrain_config(method, args, names).PRETRAIN.SOLVER
+            assert solver.AMP.ENABLED is enabled and solver.AMP.DTYPE == "bfloat16", method
+    # "auto" follows the hardware: native bfloat16 instructions on the CPU, or a GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for flag in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, flag, lambda: False, raising=False)
+    assert resolve_amp("auto") == "off" and resolve_amp("bfloat16") == "bfloat16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert resolve_amp("auto") == "bfloat16" and resolve_amp("off") == "off"

@@ -207,3 +207,51 @@ def test_cli_json_source(tmp_path, tiny_world):
     bad = subprocess.run([sys.executable, tool, "--method", "pcl", "PRETRAIN.BAD_KEY", "1"],
                          capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "error: " in bad.stderr and "BAD_KEY" in bad.stderr
+
+
+@pytest.mark.parametrize("method", ["pcl", "mopro", "iccl"])
+def test_bfloat16_autocast_trains_like_float32(tmp_path, tiny_samples, method):
+    def run(amp: bool):
+        opts = _opts(tmp_path / str(amp), method, 2) + ["PRETRAIN.SOLVER.AMP.ENABLED", str(amp)]
+        runner = PretrainRunner(build_pretrain_config("", opts), tiny_samples)
+        outputs, embedding_dtypes = [], []
+        runner.model.register_forward_hook(lambda m, args, out: outputs.append(
+            {k: (v.dtype, float(v.detach())) for k, v in out.items()}))
+        runner.model.encoder_q.register_forward_hook(
+            lambda m, args, out: embedding_dtypes.append(out["embedding"].dtype))
+        runner.train()
+        return runner, outputs, set(embedding_dtypes)
+
+    ref, ref_out, ref_dtypes = run(False)
+    amp, amp_out, amp_dtypes = run(True)
+    assert ref_dtypes == {torch.float32} and amp_dtypes == {torch.bfloat16}
+    assert len(amp_out) == len(ref_out) == 2 * (len(tiny_samples) // 16)
+    # Same first step (same weights and batch) within bfloat16's precision; losses in float32.
+    for k, (dtype, value) in ref_out[0].items():
+        assert amp_out[0][k][0] == dtype == torch.float32, k
+        assert amp_out[0][k][1] == pytest.approx(value, rel=0.05, abs=0.02), k
+    assert all(math.isfinite(v) for out in amp_out for _, v in out.values())
+    # Weights, queue and prototypes stay float32.
+    assert {v.dtype for v in amp.model.state_dict().values()} <= {torch.float32, torch.int64}
+
+
+def test_amp_dtype_is_checked():
+    with pytest.raises(ConfigInputError, match="PRETRAIN.SOLVER.AMP.DTYPE: unknown dtype 'fp8'"):
+        build_pretrain_config("", ["PRETRAIN.SOLVER.AMP.DTYPE", "fp8"])
+
+
+def test_float16_autocast_scales_gradients_and_resumes_the_scaler(tmp_path, tiny_samples):
+    """float16 (meant for GPUs; CPU autocast runs it too) goes through a gradient scaler, whose
+    state is saved with the checkpoint and restored on resume."""
+    amp = ["PRETRAIN.SOLVER.AMP.ENABLED", "True", "PRETRAIN.SOLVER.AMP.DTYPE", "float16"]
+    runner = PretrainRunner(build_pretrain_config("", _opts(tmp_path, "pcl", 1) + amp),
+                            tiny_samples)
+    assert runner.grad_scaler.is_enabled()
+    history = runner.train()
+    assert all(math.isfinite(v) for v in history[0].values())
+    blob = torch.load(tmp_path / "checkpoint_last.pth.tar", weights_only=True)
+    assert set(blob) == {"epoch", "arch", "state_dict", "optimizer", "grad_scaler"}
+    resumed = PretrainRunner(build_pretrain_config("", _opts(tmp_path, "pcl", 2) + amp),
+                             tiny_samples)
+    assert resumed.resume()
+    assert resumed.grad_scaler.get_scale() == runner.grad_scaler.get_scale()

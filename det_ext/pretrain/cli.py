@@ -61,6 +61,9 @@ def build_pretrain_config(config_file: str = "", opts: Optional[List[str]] = Non
         if cfg.PRETRAIN[node].SAMPLER_EXPONENT < 0:
             raise ConfigInputError(f"PRETRAIN.{node}.SAMPLER_EXPONENT: "
                                    f"{cfg.PRETRAIN[node].SAMPLER_EXPONENT} is negative")
+    if cfg.PRETRAIN.SOLVER.AMP.DTYPE not in ("bfloat16", "float16"):
+        raise ConfigInputError(f"PRETRAIN.SOLVER.AMP.DTYPE: unknown dtype "
+                               f"'{cfg.PRETRAIN.SOLVER.AMP.DTYPE}' (bfloat16, float16)")
     cfg.freeze()
     return cfg
 

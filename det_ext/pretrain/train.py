@@ -4,12 +4,14 @@ checkpoints in the reference repositories' format
 (``{'epoch', 'arch', 'state_dict' (module.encoder_q. ...), 'optimizer'}``)."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import math
 import os
 import time
+from contextlib import AbstractContextManager
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -25,7 +27,8 @@ from .build import METHODS_WITH_LABELS, build_pretrain_model
 from .data import ClassAwareSampler, SampleSet, ViewDataset, build_transforms, load_sample_set
 from .pcl import run_e_step
 
-__all__ = ["PretrainRunner", "learning_rate", "instance_temperature", "compute_features"]
+__all__ = ["PretrainRunner", "learning_rate", "instance_temperature", "compute_features",
+           "autocast_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +54,23 @@ def instance_temperature(moco, epochs: float) -> float:
     return low + (high - low) * 0.5 * (1.0 + math.cos(phase))
 
 
+def autocast_for(amp, device: torch.device) -> AbstractContextManager:
+    """``torch.autocast`` on ``device`` as ``PRETRAIN.SOLVER.AMP`` asks (disabled when not
+    ``ENABLED``; ``DTYPE`` "bfloat16" or "float16", checked by the config builder)."""
+    return torch.autocast(device.type, dtype=getattr(torch, amp.DTYPE), enabled=bool(amp.ENABLED))
+
+
 @torch.no_grad()
 def compute_features(encoder: torch.nn.Module, images: torch.Tensor, transform,
-                     batch_size: int = 256, key: str = "embedding") -> torch.Tensor:
+                     batch_size: int = 256, key: str = "embedding",
+                     autocast: Optional[AbstractContextManager] = None) -> torch.Tensor:
     """Eval-mode outputs of ``encoder`` on every sample (split over processes, then summed).
 
     Args:
         images (Tensor): [N, 3, S, S] uint8.
         key (str): ``"embedding"`` (L2-normalised head output) or ``"features"`` (pooled trunk).
+        autocast: a reusable ``torch.autocast`` context for the forward passes (default: none);
+            the result is float32 either way.
 
     Returns:
         Tensor: [N, d] on CPU, identical on every process.
@@ -72,10 +84,11 @@ def compute_features(encoder: torch.nn.Module, images: torch.Tensor, transform,
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]
         x = torch.stack([transform(images[i]) for i in idx.tolist()]).to(device)
-        f = encoder.features(x) if key == "features" else encoder(x)[key]
+        with autocast if autocast is not None else contextlib.nullcontext():
+            f = encoder.features(x) if key == "features" else encoder(x)[key]
         if out is None:
             out = torch.zeros(n, f.shape[1], device=device)
-        out[idx.to(device)] = f
+        out[idx.to(device)] = f.float()
     if world > 1:
         dist.all_reduce(out)
     encoder.train(was_training)
@@ -120,6 +133,9 @@ class PretrainRunner:
             build_transforms(p.AUG, size, "strong"),
             BackgroundSwap(self.samples.backgrounds, swap) if swap > 0 else None)
         self.eval_transform = build_transforms(p.AUG, size, "eval")
+        self.autocast = autocast_for(p.SOLVER.AMP, self.device)
+        self.grad_scaler = torch.amp.GradScaler(
+            self.device.type, enabled=bool(p.SOLVER.AMP.ENABLED) and p.SOLVER.AMP.DTYPE == "float16")
         self.start_epoch = 0
         self.history: List[Dict[str, float]] = []
 
@@ -137,6 +153,8 @@ class PretrainRunner:
             return
         blob = {"epoch": epoch + 1, "arch": self.cfg.PRETRAIN.MODEL.ARCH,
                 "state_dict": self.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.grad_scaler.is_enabled():
+            blob["grad_scaler"] = self.grad_scaler.state_dict()
         names = ["checkpoint_last.pth.tar"]
         if (epoch + 1) % self.cfg.PRETRAIN.SOLVER.CHECKPOINT_PERIOD == 0 or \
                 epoch + 1 == self.cfg.PRETRAIN.SOLVER.EPOCHS:
@@ -155,6 +173,8 @@ class PretrainRunner:
         state = {k[len("module."):]: v for k, v in blob["state_dict"].items()}
         self.model.load_state_dict(state)
         self.optimizer.load_state_dict(blob["optimizer"])
+        if self.grad_scaler.is_enabled() and "grad_scaler" in blob:
+            self.grad_scaler.load_state_dict(blob["grad_scaler"])
         self.start_epoch = int(blob["epoch"])
         log = self.checkpoint_path("pretrain_log.json")
         if os.path.isfile(log):
@@ -218,7 +238,8 @@ class PretrainRunner:
             self.model.set_clusters(None)
             return
         t0 = time.perf_counter()
-        feats = compute_features(self.model.encoder_k, self.samples.images, self.eval_transform)
+        feats = compute_features(self.model.encoder_k, self.samples.images, self.eval_transform,
+                                 autocast=self.autocast)
         clusters = run_e_step(feats.to(self.device), c.NUM_CLUSTERS,
                               self.cfg.PRETRAIN.MOCO.TEMPERATURE,
                               c.KMEANS_ITERS, c.KMEANS_REDO, c.DENSITY_ALPHA, c.DENSITY_CLIP)
@@ -249,11 +270,13 @@ class PretrainRunner:
                 if batch_b is not None:
                     batch["img_b"] = batch_b["img_q"].to(self.device)
                     batch["target_b"] = batch_b["target"].to(self.device)
-                out = self.net(batch, epoch)
-                loss = sum(v for k, v in out.items() if k.startswith("loss_"))
+                with self.autocast:
+                    out = self.net(batch, epoch)
+                    loss = sum(v for k, v in out.items() if k.startswith("loss_"))
                 self.optimizer.zero_grad()
-                loss.backward()
-                self.optimizer.step()
+                self.grad_scaler.scale(loss).backward()
+                self.grad_scaler.step(self.optimizer)
+                self.grad_scaler.update()
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 done_iters += 1
