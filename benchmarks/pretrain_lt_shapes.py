@@ -9,14 +9,14 @@ the instance-only baseline, and (b) the LT-Shapes tiny Mask R-CNN
 random initialisation, same schedule.
 
 Reduced CPU schedule (see docs/backbones.md): configs/pretrain/*_R18_lt_shapes.yaml (48 px inputs,
-batch 128, --epochs epochs), detection --det-iters iterations of 8 images, repeated with
---det-seeds training seeds (box AP = their mean; the same seed gives every initialisation the same
-head initialisation and data order, so the runs pair up). The stages (pre-trainings with their
-probes, then detectors) run --jobs at a time in worker processes, one per core by default
-(det_ext/pretrain/lt_shapes_benchmark.py); each is seeded on its own, so the results do not
-depend on --jobs, only on the torch threads per stage. Every stage's result is kept in
-WORK_DIR/state.json as it finishes and pre-training resumes from its last epoch, so a killed run
-picks up where it stopped. Output (percent)::
+batch 128, bfloat16 where the CPU has it: --amp), detection --det-iters iterations of 8 images,
+repeated with --det-seeds training seeds (box AP = their mean; the same seed gives every
+initialisation the same head initialisation and data order, so the runs pair up). The stages
+(pre-trainings with their probes, then detectors) run --jobs at a time in worker processes, one
+per core by default (det_ext/pretrain/lt_shapes_benchmark.py); each is seeded on its own, so the
+results do not depend on --jobs, only on the torch threads per stage. Every stage's result is
+kept in WORK_DIR/state.json as it finishes and pre-training resumes from its last epoch, so a
+killed run picks up where it stopped. Output (percent)::
 
     {"linear_probe": {"random": {"acc", "balanced_acc", "tail_acc"}, "instance_only": ...,
                       "pcl": ..., "mopro": ..., "iccl": ...},
@@ -32,8 +32,8 @@ picks up where it stopped. Output (percent)::
 Usage::
 
     flock /tmp/det_ext_heavy.lock python benchmarks/pretrain_lt_shapes.py --out results.json \
-        [--seed 0] [--epochs 6] [--amp auto] [--det-iters 400] [--det-seeds 1] [--shots 1 2 4 8 16] \
-        [--work-dir output/bench_pretrain] [--threads 2] [--jobs 0]
+        [--seed 0] [--epochs 0] [--amp auto] [--det-iters 400] [--det-seeds 1] \
+        [--shots 1 2 4 8 16] [--work-dir output/bench_pretrain] [--threads 2] [--jobs 0]
 """
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ def parse_args(argv=None):
                    help="pre-training epochs of every method (0: each config's)")
     p.add_argument("--amp", choices=("auto", "bfloat16", "off"), default="auto",
                    help="bfloat16 autocast in pre-training (auto: where the CPU has native "
-                        "bfloat16 instructions, or on a GPU); detection stays float32"),
+                        "bfloat16 instructions, or on a GPU); detection stays float32")
     p.add_argument("--det-iters", type=int, default=400, help="detection iterations (0: skip)")
     p.add_argument("--det-seeds", type=int, default=1,
                    help="detection runs per initialisation, seeds SEED, SEED+1, ...; AP is their "

@@ -1,7 +1,8 @@
 # Copyright (c) det_ext authors.
-"""The pre-training loop: epochs, PCL E-steps, LR schedule, logging with ETA, and resumable
-checkpoints in the reference repositories' format
-(``{'epoch', 'arch', 'state_dict' (module.encoder_q. ...), 'optimizer'}``)."""
+"""The pre-training loop: epochs, PCL E-steps, LR schedule, optional mixed precision, logging with
+ETA, and resumable checkpoints in the reference repositories' format
+(``{'epoch', 'arch', 'state_dict' (module.encoder_q. ...), 'optimizer'}``, plus ``grad_scaler``
+with float16)."""
 from __future__ import annotations
 
 import contextlib
@@ -134,8 +135,8 @@ class PretrainRunner:
             BackgroundSwap(self.samples.backgrounds, swap) if swap > 0 else None)
         self.eval_transform = build_transforms(p.AUG, size, "eval")
         self.autocast = autocast_for(p.SOLVER.AMP, self.device)
-        self.grad_scaler = torch.amp.GradScaler(
-            self.device.type, enabled=bool(p.SOLVER.AMP.ENABLED) and p.SOLVER.AMP.DTYPE == "float16")
+        float16 = bool(p.SOLVER.AMP.ENABLED) and p.SOLVER.AMP.DTYPE == "float16"
+        self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=float16)
         self.start_epoch = 0
         self.history: List[Dict[str, float]] = []
 
