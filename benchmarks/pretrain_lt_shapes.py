@@ -180,12 +180,14 @@ def main(args) -> Dict[str, Any]:
     jobs = args.jobs or args.threads
     threads = max(1, args.threads // jobs)
     torch.set_num_threads(threads)
-    args.amp = resolve_amp(args.amp)  # once, so that every worker uses the same precision
     os.makedirs(args.work_dir, exist_ok=True)
     state_path = os.path.join(args.work_dir, "state.json")
     state = _state(state_path)
     t0 = time.perf_counter()
     names = register_datasets(args)
+    # resolved once, on the pre-training device, so that every worker uses the same precision
+    requested, args.amp = args.amp, "off"
+    args.amp = resolve_amp(requested, pretrain_config("pcl", args, names).DEVICE)
     ensure_lt_shapes_generated(names["train"])  # once, before the workers start
     configs = {m: pretrain_config(m, args, names) for m in METHODS}
     state["settings"] = {
@@ -228,8 +230,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=0,
                    help="pre-training epochs of every method (0: each config's)")
     p.add_argument("--amp", choices=("auto", "bfloat16", "off"), default="auto",
-                   help="bfloat16 autocast in pre-training (auto: where the CPU has native "
-                        "bfloat16 instructions, or on a GPU); detection stays float32")
+                   help="bfloat16 autocast in pre-training (auto: on a CPU with bfloat16 "
+                        "instructions or a GPU that supports it); detection stays float32")
     p.add_argument("--det-iters", type=int, default=400, help="detection iterations (0: skip)")
     p.add_argument("--det-seeds", type=int, default=1,
                    help="detection runs per initialisation, seeds SEED, SEED+1, ...; AP is their "

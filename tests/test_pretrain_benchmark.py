@@ -189,10 +189,15 @@ def test_amp_choice_reaches_every_pretraining_config(monkeypatch):
         for method in METHODS:
             solver = pretrain_config(method, args, names).PRETRAIN.SOLVER
             assert solver.AMP.ENABLED is enabled and solver.AMP.DTYPE == "bfloat16", method
-    # "auto" follows the hardware: native bfloat16 instructions on the CPU, or a GPU
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # "auto" follows the pre-training device's hardware: bfloat16 instructions on the CPU, or
+    # bfloat16 support of the GPU; a GPU beside a CPU-only pre-training does not count
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     for flag in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, flag, lambda: False, raising=False)
-    assert resolve_amp("auto") == "off" and resolve_amp("bfloat16") == "bfloat16"
+    assert resolve_amp("auto", "cpu") == "off" and resolve_amp("bfloat16") == "bfloat16"
+    assert resolve_amp("auto", "cuda") == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_amp("auto", "cuda:0") == "off"
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert resolve_amp("auto") == "bfloat16" and resolve_amp("off") == "off"
+    assert resolve_amp("auto", "cpu") == "bfloat16" and resolve_amp("off") == "off"

@@ -49,15 +49,18 @@ def register_datasets(args: argparse.Namespace) -> Dict[str, str]:
     return register_lt_shapes(spec, prefix=f"lt_shapes_bench_{spec.digest()}")
 
 
-def resolve_amp(choice: str) -> str:
-    """``--amp``: "auto" is "bfloat16" where the CPU has native bfloat16 instructions
-    (AVX512-BF16 or AMX; 1.6x faster pre-training there) or a GPU is used, else "off"."""
+def resolve_amp(choice: str, device: str = "cpu") -> str:
+    """``--amp`` for pre-training on ``device`` (the configs' ``DEVICE``): "auto" is "bfloat16"
+    on a GPU that supports it and on a CPU with bfloat16 instructions (AVX512-BF16 or AMX; 1.6x
+    faster pre-training there), else "off"."""
     if choice != "auto":
         return choice
-    native = torch.cuda.is_available() or any(
-        getattr(torch.cpu, f"_is_{name}_supported", lambda: False)()
-        for name in ("avx512_bf16", "amx_tile"))  # private torch helpers: absent means no
-    logger.info("--amp auto: %s", "bfloat16" if native else "off")
+    if device.startswith("cuda"):
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        native = any(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)()
+                     for name in ("avx512_bf16", "amx_tile"))  # private helpers: absent = no
+    logger.info("--amp auto on %s: %s", device, "bfloat16" if native else "off")
     return "bfloat16" if native else "off"
 
 
