@@ -27,6 +27,10 @@ def _add_engine_config(cfg: CN) -> None:
     # Trainer class run by tools/train_net.py, from det_ext.engine.TRAINER_REGISTRY
     # ("DetExtTrainer": standard training; other stages register their own).
     cfg.DET_EXT.TRAINER = "DetExtTrainer"
+    # Autocast dtype of SOLVER.AMP.ENABLED training: "float16" (Detectron2's CUDA AMP) or
+    # "bfloat16" (CUDA, or a CPU: DetExtTrainer runs the training forward under bfloat16
+    # autocast there, fastest on CPUs with AVX512-BF16 or AMX; no gradient scaling needed).
+    cfg.SOLVER.AMP.DTYPE = "float16"
 
 
 def _add_lt_shapes_config(cfg: CN) -> None:

@@ -21,6 +21,8 @@ from detectron2.utils.registry import Registry
 
 from det_ext.utils.io import atomic_write_json
 
+from .amp import amp_dtype, disable_amp_on_cpu, enable_amp
+
 __all__ = ["DetExtTrainer", "TRAINER_REGISTRY", "build_trainer_class", "build_det_ext_evaluator",
            "save_metrics"]
 
@@ -78,6 +80,9 @@ def save_metrics(cfg: CfgNode, results: Dict[str, Any], path: Optional[str] = No
 class DetExtTrainer(DefaultTrainer):
     """``DefaultTrainer`` with det_ext's evaluators, atomic checkpoints and a ``metrics.json``.
 
+    ``SOLVER.AMP.ENABLED`` trains in mixed precision on CUDA (Detectron2's ``AMPTrainer`` at
+    ``SOLVER.AMP.DTYPE``) and on a CPU (bfloat16 autocast, :mod:`det_ext.engine.amp`).
+
     Detectron2's line-per-iteration training log is written to ``training_metrics.json`` so that
     ``metrics.json`` can hold the final evaluation results.
     """
@@ -88,7 +93,10 @@ class DetExtTrainer(DefaultTrainer):
         # the heads' initial weights and the data order come from cfg.SEED alone.
         if cfg.SEED >= 0:
             seed_all_rng(cfg.SEED + comm.get_rank())
-        super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED:
+            amp_dtype(cfg)  # a bad SOLVER.AMP.DTYPE fails before the model is built
+        super().__init__(disable_amp_on_cpu(cfg))
+        enable_amp(self, cfg)
 
     def build_hooks(self) -> List[Any]:
         # Called by DefaultTrainer.__init__ right after it creates its checkpointer: swap in the
