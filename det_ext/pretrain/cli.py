@@ -11,6 +11,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from det_ext.config.pretrain import get_pretrain_cfg
+from det_ext.engine.amp import AMP_DTYPES
 from det_ext.utils.errors import ConfigInputError
 from det_ext.utils.io import atomic_open
 
@@ -61,9 +62,10 @@ def build_pretrain_config(config_file: str = "", opts: Optional[List[str]] = Non
         if cfg.PRETRAIN[node].SAMPLER_EXPONENT < 0:
             raise ConfigInputError(f"PRETRAIN.{node}.SAMPLER_EXPONENT: "
                                    f"{cfg.PRETRAIN[node].SAMPLER_EXPONENT} is negative")
-    if cfg.PRETRAIN.SOLVER.AMP.DTYPE not in ("bfloat16", "float16"):
+    if cfg.PRETRAIN.SOLVER.AMP.DTYPE not in AMP_DTYPES:
         raise ConfigInputError(f"PRETRAIN.SOLVER.AMP.DTYPE: unknown dtype "
-                               f"'{cfg.PRETRAIN.SOLVER.AMP.DTYPE}' (bfloat16, float16)")
+                               f"'{cfg.PRETRAIN.SOLVER.AMP.DTYPE}' "
+                               f"({', '.join(sorted(AMP_DTYPES))})")
     cfg.freeze()
     return cfg
 
