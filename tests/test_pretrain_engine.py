@@ -282,6 +282,34 @@ def test_iccl_forward_and_instance_only():
     assert set(out) == {"loss_inst", "loss_cls"}
 
 
+@pytest.mark.parametrize("mixed_float32", [True, False])
+def test_iccl_mixed_forward_precision_under_autocast(mixed_float32):
+    """Under bfloat16 autocast the interpolated images' pass runs in float32 unless switched
+    off; the instance pass stays bfloat16 either way, and the losses match float32."""
+    kw = dict(num_classes=3, warmup_epochs=0, queue_size=8, mixed_forward_float32=mixed_float32)
+    torch.manual_seed(1)
+    batch = {"img_q": torch.randn(4, 4), "img_k": torch.randn(4, 4),
+             "target": torch.tensor([0, 0, 0, 1]), "img_b": torch.randn(4, 4),
+             "target_b": torch.tensor([2, 1, 2, 1])}
+
+    def model():
+        torch.manual_seed(0)  # the encoder is built before _engine seeds
+        return _engine(ICCL, encoder=_Lin(classes=3), **kw)
+
+    ref = model()(batch, epoch=0)
+    m = model()
+    dtypes = []
+    m.encoder_q.register_forward_hook(lambda mod, args, out: dtypes.append(
+        (args[0].data_ptr(), out["embedding"].dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(batch, epoch=0)
+    by_input = dict(dtypes)  # input storage -> embedding dtype
+    assert by_input.pop(batch["img_q"].data_ptr()) == torch.bfloat16
+    assert list(by_input.values()) == [torch.float32 if mixed_float32 else torch.bfloat16]
+    for k, v in ref.items():
+        assert float(out[k]) == pytest.approx(float(v), rel=0.05, abs=0.02), k
+
+
 def test_class_aware_sampler_balances_classes():
     labels = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
     s = ClassAwareSampler(labels, 3000, exponent=0.0, seed=0)

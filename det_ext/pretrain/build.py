@@ -56,7 +56,7 @@ def iccl(cfg, num_classes: int):
     return ICCL(_encoder(cfg, num_classes), num_classes, mix=c.MIX, beta_alpha=c.BETA_ALPHA,
                 icc_temperature=c.TEMPERATURE, weight=c.WEIGHT, warmup_epochs=c.WARMUP_EPOCHS,
                 centroid_momentum=c.CENTROID_MOMENTUM, w_inst=c.W_INST, w_ce=c.W_CE,
-                **_engine_kwargs(cfg))
+                mixed_forward_float32=c.MIXED_FORWARD_FLOAT32, **_engine_kwargs(cfg))
 
 
 def build_pretrain_model(cfg, num_classes: int = 0):

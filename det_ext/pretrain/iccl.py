@@ -90,13 +90,15 @@ class ICCL(MomentumContrast):
         warmup_epochs (int): epochs before L_icc is used.
         centroid_momentum (float): EMA momentum of the centroids.
         w_inst, w_ce (float): weights of InfoNCE and of the classifier CE terms.
+        mixed_forward_float32 (bool): run the interpolated images through ``encoder_q`` with
+            autocast disabled (float32), whatever autocast the caller set up.
         **kwargs: :class:`MomentumContrast` arguments.
     """
 
     def __init__(self, encoder_q, num_classes: int, mix: str = "mixup", beta_alpha: float = 1.0,
                  icc_temperature: float = 0.1, weight: float = 1.0, warmup_epochs: int = 1,
                  centroid_momentum: float = 0.9, w_inst: float = 1.0, w_ce: float = 1.0,
-                 **kwargs):
+                 mixed_forward_float32: bool = True, **kwargs):
         super().__init__(encoder_q, **kwargs)
         if mix not in ("mixup", "cutmix", "none"):
             raise ValueError(f"PRETRAIN.ICCL.MIX: unknown interpolation '{mix}'")
@@ -104,12 +106,21 @@ class ICCL(MomentumContrast):
         self.mix, self.icc_temperature, self.weight = mix, icc_temperature, weight
         self.warmup_epochs, self.centroid_momentum = warmup_epochs, centroid_momentum
         self.w_inst, self.w_ce = w_inst, w_ce
+        self.mixed_forward_float32 = mixed_forward_float32
         self.beta = torch.distributions.Beta(torch.tensor(float(beta_alpha)),
                                              torch.tensor(float(beta_alpha)))
 
     @property
     def uses_class_aware_sampler(self) -> bool:
         return self.mix != "none"
+
+    def _encode_mixed(self, mixed: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``encoder_q`` on the interpolated images [N, 3, H, W], in float32 when
+        ``mixed_forward_float32`` (autocast disabled for this pass only)."""
+        if not self.mixed_forward_float32:
+            return self.encoder_q(mixed)
+        with torch.autocast(mixed.device.type, enabled=False):
+            return self.encoder_q(mixed.float())
 
     def forward(self, batch: Dict[str, torch.Tensor], epoch: int = 0) -> Dict[str, torch.Tensor]:
         """Args: batch with ``img_q``/``img_k`` (two views of the instance-sampled images),
@@ -127,7 +138,7 @@ class ICCL(MomentumContrast):
             y_b = batch["target_b"]
             lam = self.beta.sample((y_a.shape[0],)).to(batch["img_q"].device)
             mixed, lam = interpolate(batch["img_q"], batch["img_b"], lam, self.mix)
-            out_m = self.encoder_q(mixed)
+            out_m = self._encode_mixed(mixed)
             logp = F.log_softmax(out_m["logits"], dim=1)
             loss_cls = loss_cls + (-(lam * logp.gather(1, y_a[:, None]).squeeze(1)
                                      + (1 - lam) * logp.gather(1, y_b[:, None]).squeeze(1))).mean()

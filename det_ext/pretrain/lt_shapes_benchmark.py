@@ -52,7 +52,9 @@ def register_datasets(args: argparse.Namespace) -> Dict[str, str]:
 # Methods that ``--amp auto`` pre-trains in float32 even where bfloat16 is native. ICCL: for two
 # pre-training seeds, the float32 backbone gave the higher detection box AP in all 6 paired
 # detection runs (by 0.85 and 1.35 on the means; bfloat16 lost to random initialisation by 0.28
-# and 1.29), while the probes showed no such gap (docs/backbones.md, ninth round).
+# and 1.29), while the probes showed no such gap (docs/backbones.md, ninth round). The cause was
+# the mixed images' bfloat16 forward, now float32 (PRETRAIN.ICCL.MIXED_FORWARD_FLOAT32, tenth
+# round); ICCL stays here until a full benchmark run has measured bfloat16 ICCL with it.
 AUTO_FLOAT32_METHODS = ("iccl",)
 
 
