@@ -9,7 +9,7 @@ the instance-only baseline, and (b) the LT-Shapes tiny Mask R-CNN
 random initialisation, same schedule.
 
 Reduced CPU schedule (see docs/backbones.md): configs/pretrain/*_R18_lt_shapes.yaml (48 px inputs,
-batch 128, bfloat16 where the CPU has it except for ICCL: --amp), detection --det-iters iterations
+batch 128, bfloat16 where the CPU has it: --amp), detection --det-iters iterations
 of 8 images, repeated with --det-seeds training seeds (box AP = their mean; the same seed gives
 every initialisation the same head initialisation and data order, so the runs pair up). The stages
 (pre-trainings with their probes, then detectors) run --jobs at a time in worker processes, one per
@@ -58,7 +58,7 @@ from det_ext.utils.io import atomic_write_json
 from det_ext.utils.jobs import Job, run_jobs
 
 logger = logging.getLogger("det_ext.bench")
-# pre-trainings from the longest (ICCL: three batches per step, in float32 under --amp auto; PCL:
+# pre-trainings from the longest (ICCL: three batches per step, its mixed one in float32; PCL:
 # twice the epochs) to the shortest, so that parallel workers finish together
 PRETRAIN_ORDER = ("iccl", "pcl", "instance_only", "mopro")
 
@@ -185,11 +185,10 @@ def main(args) -> Dict[str, Any]:
     state = _state(state_path)
     t0 = time.perf_counter()
     names = register_datasets(args)
-    # resolved once per method, on the pre-training device, so that every worker agrees
+    # resolved once, on the pre-training device, so that every worker agrees
     requested, args.amp = args.amp, "off"
-    device = pretrain_config("pcl", args, names).DEVICE
-    args.amp = {m: resolve_amp(requested, device, m) for m in METHODS}
-    logger.info("--amp %s on %s: %s", requested, device, args.amp)
+    args.amp = resolve_amp(requested, pretrain_config("pcl", args, names).DEVICE)
+    logger.info("--amp %s: %s", requested, args.amp)
     ensure_lt_shapes_generated(names["train"])  # once, before the workers start
     configs = {m: pretrain_config(m, args, names) for m in METHODS}
     state["settings"] = {
@@ -233,8 +232,7 @@ def parse_args(argv=None):
                    help="pre-training epochs of every method (0: each config's)")
     p.add_argument("--amp", choices=("auto", "bfloat16", "off"), default="auto",
                    help="bfloat16 autocast in pre-training (auto: on a CPU with bfloat16 "
-                        "instructions or a GPU that supports it, ICCL in float32); detection "
-                        "stays float32")
+                        "instructions or a GPU that supports it); detection stays float32")
     p.add_argument("--det-iters", type=int, default=400, help="detection iterations (0: skip)")
     p.add_argument("--det-seeds", type=int, default=1,
                    help="detection runs per initialisation, seeds SEED, SEED+1, ...; AP is their "

@@ -49,24 +49,14 @@ def register_datasets(args: argparse.Namespace) -> Dict[str, str]:
     return register_lt_shapes(spec, prefix=f"lt_shapes_bench_{spec.digest()}")
 
 
-# Methods that ``--amp auto`` pre-trains in float32 even where bfloat16 is native. ICCL: for two
-# pre-training seeds, the float32 backbone gave the higher detection box AP in all 6 paired
-# detection runs (by 0.85 and 1.35 on the means; bfloat16 lost to random initialisation by 0.28
-# and 1.29), while the probes showed no such gap (docs/backbones.md, ninth round). The cause was
-# the mixed images' bfloat16 forward, now float32 (PRETRAIN.ICCL.MIXED_FORWARD_FLOAT32, tenth
-# round); ICCL stays here until a full benchmark run has measured bfloat16 ICCL with it.
-AUTO_FLOAT32_METHODS = ("iccl",)
-
-
-def resolve_amp(choice: str, device: str = "cpu", method: str = "") -> str:
-    """``--amp`` for ``method``'s pre-training on ``device`` (the configs' ``DEVICE``): "auto" is
+def resolve_amp(choice: str, device: str = "cpu") -> str:
+    """``--amp`` for the pre-trainings on ``device`` (the configs' ``DEVICE``): "auto" is
     "bfloat16" on a GPU that supports it and on a CPU with bfloat16 instructions (AVX512-BF16
-    or AMX; 1.6x faster pre-training there), else "off"; always "off" for
-    :data:`AUTO_FLOAT32_METHODS`. "bfloat16" and "off" are taken as they are."""
+    or AMX; 1.6x faster pre-training there), else "off". "bfloat16" and "off" are taken as they
+    are. ICCL's interpolated images go through in float32 either way
+    (``PRETRAIN.ICCL.MIXED_FORWARD_FLOAT32``; docs/backbones.md, tenth and eleventh rounds)."""
     if choice != "auto":
         return choice
-    if method in AUTO_FLOAT32_METHODS:
-        return "off"
     if device.startswith("cuda"):
         native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     else:
@@ -77,13 +67,12 @@ def resolve_amp(choice: str, device: str = "cpu", method: str = "") -> str:
 
 def pretrain_config(method: str, args: argparse.Namespace, names: Dict[str, str]):
     """The pre-training config of ``method`` (``configs/pretrain/{method}_R18_lt_shapes.yaml``)
-    with the benchmark's work dir, seed, dataset, ``--amp`` (resolved: one precision, or a dict
-    method -> precision), ``--epochs`` and ``--pretrain-opts``."""
+    with the benchmark's work dir, seed, dataset, ``--amp`` (resolved), ``--epochs`` and
+    ``--pretrain-opts``."""
     opts = ["OUTPUT_DIR", os.path.join(args.work_dir, "pretrain", method), "SEED", str(args.seed),
             "PRETRAIN.DATA.DATASETS", f"('{names['train']}',)"]
-    amp = args.amp[method] if isinstance(args.amp, dict) else args.amp
-    if amp != "off":
-        opts += ["PRETRAIN.SOLVER.AMP.ENABLED", "True", "PRETRAIN.SOLVER.AMP.DTYPE", amp]
+    if args.amp != "off":
+        opts += ["PRETRAIN.SOLVER.AMP.ENABLED", "True", "PRETRAIN.SOLVER.AMP.DTYPE", args.amp]
     if args.epochs:
         opts += ["PRETRAIN.SOLVER.EPOCHS", str(args.epochs)]
     opts += list(args.pretrain_opts)
