@@ -58,9 +58,9 @@ from det_ext.utils.io import atomic_write_json
 from det_ext.utils.jobs import Job, run_jobs
 
 logger = logging.getLogger("det_ext.bench")
-# pre-trainings from the longest (ICCL: three batches per step, its mixed one in float32; PCL:
-# twice the epochs) to the shortest, so that parallel workers finish together
-PRETRAIN_ORDER = ("iccl", "pcl", "instance_only", "mopro")
+# pre-trainings from the longest (ICCL: three batches per step, its mixed one in float32; PCL
+# and MoPro: twice the epochs) to the shortest, so that parallel workers finish together
+PRETRAIN_ORDER = ("iccl", "pcl", "mopro", "instance_only")
 
 
 def _state(path: str) -> Dict[str, Any]:
