@@ -109,7 +109,7 @@ def add_pretrain_config(cfg: CN) -> None:
     cfg.PRETRAIN.ICCL.W_CE = 1.0
     # Under PRETRAIN.SOLVER.AMP, run the interpolated images' forward pass in float32 (the other
     # passes keep the autocast dtype): with it in bfloat16, LT-Shapes ICCL backbones transferred
-    # worse to detection (docs/backbones.md, tenth round). No effect without AMP.
+    # worse to detection (docs/backbones_exploration.md, tenth round). No effect without AMP.
     cfg.PRETRAIN.ICCL.MIXED_FORWARD_FLOAT32 = True
 
     cfg.PRETRAIN.DATA = CN()

@@ -54,7 +54,8 @@ def resolve_amp(choice: str, device: str = "cpu") -> str:
     "bfloat16" on a GPU that supports it and on a CPU with bfloat16 instructions (AVX512-BF16
     or AMX; 1.6x faster pre-training there), else "off". "bfloat16" and "off" are taken as they
     are. ICCL's interpolated images go through in float32 either way
-    (``PRETRAIN.ICCL.MIXED_FORWARD_FLOAT32``; docs/backbones.md, tenth and eleventh rounds)."""
+    (``PRETRAIN.ICCL.MIXED_FORWARD_FLOAT32``; docs/backbones_exploration.md, tenth and eleventh
+    rounds)."""
     if choice != "auto":
         return choice
     if device.startswith("cuda"):
