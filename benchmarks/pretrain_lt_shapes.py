@@ -9,7 +9,7 @@ the instance-only baseline, and (b) the LT-Shapes tiny Mask R-CNN
 random initialisation, same schedule.
 
 Reduced CPU schedule (see docs/backbones.md): configs/pretrain/*_R18_lt_shapes.yaml (48 px inputs,
-batch 128, bfloat16 where the CPU has it: --amp), detection --det-iters iterations
+batch 64, bfloat16 where the CPU has it: --amp), detection --det-iters iterations
 of 8 images, repeated with --det-seeds training seeds (box AP = their mean; the same seed gives
 every initialisation the same head initialisation and data order, so the runs pair up). The stages
 (pre-trainings with their probes, then detectors) run --jobs at a time in worker processes, one per
